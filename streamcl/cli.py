@@ -1,0 +1,120 @@
+"""``streamcl`` command line: run | prepare | list | report.
+
+User mistakes (bad YAML, missing dataset, unreadable checkpoint) raise
+:class:`~streamcl.errors.StreamclError`; they are printed as one line on stderr
+with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from streamcl.errors import StreamclError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from streamcl.config import load_experiment
+
+    exp = load_experiment(args.file, args.override)
+    if args.dry_run:
+        print(f"{exp.name}: {len(exp.cells)} cell(s) x {len(exp.runs)} run(s) -> {exp.root}")
+        for cell in exp.cells:
+            print(f"  {cell.name}")
+        return 0
+    from streamcl.runner import run_experiment
+
+    root = run_experiment(exp, restart=args.restart, progress=not args.quiet)
+    print(f"\nResults: {root}\n")
+    print((root / "summary.md").read_text())
+    print(f"TensorBoard: tensorboard --logdir {root}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from streamcl.registry import REGISTRIES, load_all
+
+    load_all()
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        reg = REGISTRIES[kind]
+        print("strategies:" if kind == "strategy" else f"{kind}s:")
+        for e in reg:
+            origin = "" if e.origin == "streamcl" else f" [{e.origin}]"
+            print(f"  {e.name:<28}{e.description.replace('``', '`')}{origin}")
+        print()
+    from streamcl.metrics import LOGGER_NAMES, METRIC_NAMES
+
+    if not args.kind:
+        print("evaluation metrics: " + ", ".join(METRIC_NAMES))
+        print("evaluation loggers: " + ", ".join(LOGGER_NAMES))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from streamcl.benchmarks.prepare import prepare
+
+    out = prepare(args.name, args.raw_root, args.out, workers=args.workers, progress=not args.quiet, seed=args.seed)
+    print(f"index written to {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from streamcl.report import make_report
+
+    out = make_report(args.run_dirs, args.out)
+    print(f"report written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streamcl.registry import REGISTRIES
+
+    p = argparse.ArgumentParser(prog="streamcl", description="Stream-learning benchmarks for Avalanche.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run an experiment YAML (resumes interrupted runs)")
+    r.add_argument("file", help="experiment YAML, e.g. experiments/demo.yaml")
+    r.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. -o strategy.optimizer.lr=0.01 -o runs=[0]")
+    r.add_argument("--restart", action="store_true", help="discard earlier results of these cells and start over")
+    r.add_argument("--dry-run", action="store_true", help="validate the file and list its cells, run nothing")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    pr = sub.add_parser("prepare", help="index a raw dataset download (Toybox: extract frames)")
+    pr.add_argument("name", help="toybox | ilab2mlight | core50 | icubworld")
+    pr.add_argument("raw_root", help="folder of the raw download")
+    pr.add_argument("--out", default=None, help="where to write the index (and Toybox frames)")
+    pr.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="parallel workers")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the balancing (iLab's random runs)")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_cmd_prepare)
+
+    ls = sub.add_parser("list", help="list benchmarks, models, strategies, plugins, optimizers, schedulers")
+    ls.add_argument("kind", nargs="?", choices=list(REGISTRIES), help="only this kind")
+    ls.set_defaults(func=_cmd_list)
+
+    rp = sub.add_parser("report", help="plots and tables from finished runs")
+    rp.add_argument("run_dirs", nargs="+", help="experiment, cell or run folders (e.g. runs/demo)")
+    rp.add_argument("--out", default=None, help="output folder (default: FIRST_RUN_DIR/report)")
+    rp.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StreamclError as e:
+        print(f"streamcl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("streamcl: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

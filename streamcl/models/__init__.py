@@ -1,0 +1,29 @@
+"""Models for latent replay: SplitNet (frozen trunk + plastic head), cut backbones, CRUMB codebook.
+
+- :class:`SplitNet` ``(trunk, head)``: ``forward(x) == head(trunk(x))``, trunk frozen.
+- Cut factories (registered model names in experiment YAMLs): :func:`squeezenet_cut`
+  (CRUMB), :func:`resnet18_cut` (REMIND), :func:`mobilenetv2_cut` (ablation),
+  :func:`small_cnn_cut` (tiny CPU demo/test model).
+- :class:`MemoryBlockCodec` (alias ``CRUMBCodec``): CRUMB's learned codebook of memory blocks.
+"""
+
+from streamcl.models.codebook import CRUMBCodec, MemoryBlockCodec
+from streamcl.models.splitnet import (
+    SplitNet,
+    is_splitnet,
+    mobilenetv2_cut,
+    resnet18_cut,
+    small_cnn_cut,
+    squeezenet_cut,
+)
+
+__all__ = [
+    "SplitNet",
+    "is_splitnet",
+    "squeezenet_cut",
+    "resnet18_cut",
+    "mobilenetv2_cut",
+    "small_cnn_cut",
+    "MemoryBlockCodec",
+    "CRUMBCodec",
+]

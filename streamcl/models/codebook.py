@@ -1,0 +1,191 @@
+"""CRUMB's codec: a learned codebook of "memory blocks" matched by cosine similarity.
+
+A feature map ``(C, H, W)`` is moved channels-last and every spatial C-vector
+is cut into ``C / L`` contiguous chunks of length ``L`` (``block_dim``). Each
+chunk is scored against the L2-normalised codebook rows by a dot product
+(argmax of the dot product with normalised rows == argmax of cosine
+similarity) and replaced by the index of its best row. An item is thus stored
+as ``H * W * C / L`` indices: one byte each for ``n_blocks <= 256``
+(13 * 13 * 32 = 5408 B for SqueezeNet's 512 x 13 x 13 at L = 16).
+
+Decoding gathers the *un-normalised* rows and reshapes back to ``(C, H, W)``.
+There is no straight-through estimator: the codebook learns only through this
+gather (gradients of the loss w.r.t. the decoded features land on the rows
+that were used).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from streamcl.errors import StreamclError
+from streamcl.models.codec import Codec
+
+__all__ = ["MemoryBlockCodec", "CRUMBCodec", "DISTMATCH_PRESETS", "distmatch_preset"]
+
+InitName = Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch"]
+INITS: Tuple[str, ...] = ("distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch")
+
+#: ``(std, sparsity)`` of the "distmatch" init per cut, matching the trunk's feature statistics.
+DISTMATCH_PRESETS = {
+    "squeezenet_cut12": (14 * 5 / 3, 0.64),
+    "squeezenet_cut3": (0.73, 0.25),
+}
+_DEFAULT_PRESET = "squeezenet_cut12"
+
+
+def distmatch_preset(cut: Optional[str]) -> Tuple[float, float]:
+    """``(std, sparsity)`` for a cut name (``SplitNet.meta["cut"]``); SqueezeNet cut 12 otherwise."""
+    return DISTMATCH_PRESETS.get(str(cut), DISTMATCH_PRESETS[_DEFAULT_PRESET])
+
+
+class MemoryBlockCodec(Codec):
+    """CRUMB codebook: ``n_blocks`` x ``block_dim`` trainable matrix; cosine top-1 encode, gather decode.
+
+    :param n_blocks: codebook rows (256 in the paper). Up to 256 rows the codes
+        are ``uint8``; up to 32768 they are ``int16`` (2 bytes per index, a
+        warning says so); more is refused.
+    :param block_dim: row length ``L`` (16 in the paper, 8 in an ablation); must divide
+        the trunk's channel count ``C`` (checked on the first feature map).
+    :param init: ``"distmatch_sparse"`` (default: ``|N(0, std^2)|`` with a
+        fraction ``sparsity`` of entries zeroed), ``"distmatch_dense"`` (the
+        same without zeros), ``"normal"`` (standard normal), ``"uniform"``
+        (``U(0, 1)``), ``"first_batch"`` (rows are random chunks of the first
+        feature batch passed to :meth:`fit`; unfitted until then).
+    :param init_std: std of the distmatch init (default: 14*5/3 for SqueezeNet cut 12).
+    :param init_sparsity: zeroed fraction of the sparse distmatch init (default 0.64).
+    :param seed: seed of the initialisation (None: torch's global RNG).
+    """
+
+    def __init__(
+        self,
+        n_blocks: int = 256,
+        block_dim: int = 16,
+        *,
+        init: InitName = "distmatch_sparse",
+        init_std: Optional[float] = None,
+        init_sparsity: Optional[float] = None,
+        seed: Optional[int] = None,
+    ):
+        super().__init__()
+        if n_blocks < 1 or block_dim < 1:
+            raise StreamclError(f"CRUMB codebook needs n_blocks >= 1 and block_dim >= 1, got {n_blocks} x {block_dim}")
+        if n_blocks > 2**15:
+            raise StreamclError(f"CRUMB codebook: n_blocks={n_blocks} is too large (at most 32768 rows, int16 codes)")
+        if init not in INITS:
+            raise StreamclError(f"CRUMB codebook: unknown init {init!r}; valid: {', '.join(INITS)}")
+        self.n_blocks = int(n_blocks)
+        self.block_dim = int(block_dim)
+        self.init = init
+        std0, sp0 = DISTMATCH_PRESETS[_DEFAULT_PRESET]
+        self.init_std = float(std0 if init_std is None else init_std)
+        self.init_sparsity = float(sp0 if init_sparsity is None else init_sparsity)
+        if not 0.0 <= self.init_sparsity < 1.0:
+            raise StreamclError(f"CRUMB codebook: init_sparsity must lie in [0, 1), got {self.init_sparsity}")
+        if self.n_blocks > 256:
+            self.code_dtype = torch.int16
+            warnings.warn(
+                f"CRUMB codebook with {self.n_blocks} rows: codes are stored as int16 (2 bytes per index), "
+                "twice the memory of the 256-row uint8 setting",
+                stacklevel=2,
+            )
+        else:
+            self.code_dtype = torch.uint8
+        g = torch.Generator()
+        if seed is not None:
+            g.manual_seed(int(seed))
+        else:
+            g.manual_seed(int(torch.randint(2**62, (1,)).item()))
+        self.memory = nn.Parameter(self._initial_rows(g))
+        self.register_buffer("_fitted", torch.tensor(init != "first_batch"))
+
+    # ------------------------------------------------------------------ init
+    def _initial_rows(self, g: torch.Generator) -> Tensor:
+        shape = (self.n_blocks, self.block_dim)
+        if self.init in ("distmatch_sparse", "distmatch_dense"):
+            rows = torch.randn(shape, generator=g).mul_(self.init_std).abs_()
+            if self.init == "distmatch_sparse":
+                rows[torch.rand(shape, generator=g) < self.init_sparsity] = 0.0
+            return rows
+        if self.init == "normal":
+            return torch.randn(shape, generator=g)
+        if self.init == "uniform":
+            return torch.rand(shape, generator=g)
+        return torch.zeros(shape)  # first_batch: filled by fit()
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self._fitted.item())
+
+    def fit(self, features: Tensor, generator: Optional[torch.Generator] = None) -> None:
+        """``init="first_batch"``: set the rows to random chunks of ``features``; no-op otherwise."""
+        if self.init != "first_batch" or self.is_fitted:
+            return
+        chunks = self._chunks(features.detach()).reshape(-1, self.block_dim)
+        n = chunks.shape[0]
+        if n >= self.n_blocks:
+            idx = torch.randperm(n, generator=generator)[: self.n_blocks]
+        else:
+            idx = torch.randint(n, (self.n_blocks,), generator=generator)
+        with torch.no_grad():
+            self.memory.copy_(chunks[idx.to(chunks.device)].to(self.memory.dtype))
+            self._fitted.fill_(True)
+
+    # ------------------------------------------------------------------ codec
+    def _check_channels(self, c: int) -> None:
+        if c % self.block_dim != 0:
+            raise StreamclError(
+                f"CRUMB codebook: block_dim={self.block_dim} must divide the trunk's {c} channels; "
+                f"choose a divisor of {c} (e.g. {self._divisor_hint(c)})"
+            )
+
+    def _divisor_hint(self, c: int) -> str:
+        ds = [d for d in (4, 8, 16, 32, 64) if c % d == 0]
+        return ", ".join(str(d) for d in ds) if ds else "1"
+
+    def _chunks(self, features: Tensor) -> Tensor:
+        """``(N,C,H,W)`` -> ``(N,H,W,C/L,L)`` channels-last chunks."""
+        if features.dim() != 4:
+            raise StreamclError(f"CRUMB codebook expects feature maps (N, C, H, W), got shape {tuple(features.shape)}")
+        n, c, h, w = features.shape
+        self._check_channels(c)
+        return features.permute(0, 2, 3, 1).reshape(n, h, w, c // self.block_dim, self.block_dim)
+
+    def code_shape(self, feature_shape: Sequence[int]) -> Tuple[int, ...]:
+        c, h, w = (int(s) for s in feature_shape)
+        self._check_channels(c)
+        return (h, w, c // self.block_dim)
+
+    def normalized_memory(self) -> Tensor:
+        return F.normalize(self.memory, dim=1)
+
+    @torch.no_grad()
+    def encode(self, features: Tensor, *, max_rows: int = 1 << 16) -> Tensor:
+        """``(N,C,H,W)`` -> ``(N,H,W,C/L)`` top-1 row indices (``uint8``; ``int16`` above 256 rows)."""
+        chunks = self._chunks(features.detach())
+        flat = chunks.reshape(-1, self.block_dim).to(self.memory.dtype)
+        mem = self.normalized_memory().detach()
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        for s in range(0, flat.shape[0], max_rows):  # bound the (rows x n_blocks) score matrix
+            out[s : s + max_rows] = (flat[s : s + max_rows] @ mem.t()).argmax(dim=1)
+        return out.to(self.code_dtype).reshape(chunks.shape[:-1])
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """``(N,H,W,C/L)`` indices -> ``(N,C,H,W)``: gather of the un-normalised rows (differentiable)."""
+        if codes.dim() != 4:
+            raise StreamclError(f"CRUMB codebook expects codes (N, H, W, C/L), got shape {tuple(codes.shape)}")
+        n, h, w, k = codes.shape
+        rows = self.memory[codes.long().reshape(-1)]  # (N*H*W*k, L)
+        return rows.reshape(n, h, w, k * self.block_dim).permute(0, 3, 1, 2).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"n_blocks={self.n_blocks}, block_dim={self.block_dim}, init={self.init}, codes={self.code_dtype}"
+
+
+CRUMBCodec = MemoryBlockCodec

@@ -1,0 +1,418 @@
+"""CRUMB (Compositional Replay Using Memory Blocks) as an Avalanche plugin.
+
+CRUMB is :class:`~streamcl.plugins.latent_replay.LatentReplayPlugin` with a
+learned codebook (:class:`~streamcl.models.codebook.MemoryBlockCodec`) and
+these settings:
+
+- new data: CE on the reconstructed path ``head(decode(encode(trunk(x))))``
+  only; logits masked to the classes seen so far; gradients clamped
+  element-wise to +-10; the codebook keeps learning (through the gather) unless
+  ``freeze_memory``;
+- after each new-data step, one separate replay step: the K seen classes that
+  are absent from the batch and have stored items, ``ceil(B / K)`` rounds of
+  one random stored item per class, loss weight 5, its own optimiser step;
+- buffer: class-balanced quota ``floor(N / seen classes)``, filled after each
+  experience by walking its stream and keeping every k-th example of each
+  class (``k = max(1, floor(len(stream) / N))``), random truncation;
+- evaluation on the direct path ``head(trunk(x))`` (logits masked to seen
+  classes); the reconstructed path is available as the extra metric
+  :class:`~streamcl.plugins.latent_replay.ReconstructedAccuracy`.
+
+Pretraining (offline, e.g. on ImageNet): :func:`pretrain_crumb` /
+:meth:`CRUMBPlugin.pretrain` minimise ``CE(head(decode(encode(f)))) + CE(head(f))``;
+:meth:`CRUMBPlugin.save_pretrained` / :meth:`CRUMBPlugin.load_pretrained` store
+trunk, head and codebook in one file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from streamcl.errors import CheckpointError, ConfigError, StreamclError
+from streamcl.models.codebook import INITS, MemoryBlockCodec, distmatch_preset
+from streamcl.models.splitnet import is_splitnet
+from streamcl.models.weights import load_matching
+from streamcl.plugins.latent_replay import LatentReplayPlugin, _splitnet_or_raise
+from streamcl.registry import register_plugin
+
+__all__ = ["CRUMBPlugin", "pretrain_crumb", "save_crumb_pretrained", "load_crumb_pretrained"]
+
+PRETRAINED_FORMAT = "streamcl.crumb_pretrained"
+PathLike = Union[str, Path]
+
+
+# =====================================================================================
+# Pretraining and pretrained files
+# =====================================================================================
+def pretrain_crumb(
+    model: nn.Module,
+    codec: MemoryBlockCodec,
+    data: Any,
+    *,
+    epochs: int = 10,
+    mb_size: int = 128,
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    direct_loss: bool = True,
+    clamp: Optional[float] = None,
+    device: Union[str, torch.device] = "cpu",
+    shuffle: bool = True,
+    num_workers: int = 0,
+    seed: Optional[int] = None,
+    max_steps: Optional[int] = None,
+) -> List[float]:
+    """Offline CRUMB pretraining of the head and the codebook (trunk frozen).
+
+    Loss per mini-batch: ``CE(head(decode(encode(f)))) + CE(head(f))`` with
+    ``f = trunk(x)`` (``direct_loss=False`` drops the second term, which is what
+    the authors' current script does by mistake). Defaults follow the paper:
+    SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 128, 10 epochs.
+
+    :param model: a :class:`~streamcl.models.SplitNet`.
+    :param codec: the codebook to train (a ``"first_batch"`` init is fitted on the first batch).
+    :param data: a ``Dataset`` yielding ``(x, y, ...)`` or a ready ``DataLoader``.
+    :param optimizer: optional optimiser over head + codebook parameters (default: SGD as above).
+    :param max_steps: stop after this many mini-batches (smoke tests).
+    :return: mean loss of each epoch.
+    """
+    from torch.utils.data import DataLoader
+
+    model = _splitnet_or_raise(model, "pretrain_crumb")
+    device = torch.device(device)
+    model.to(device)
+    codec.to(device)
+    if isinstance(data, DataLoader):
+        loader = data
+    else:
+        g = torch.Generator()
+        if seed is not None:
+            g.manual_seed(int(seed))
+        loader = DataLoader(data, batch_size=mb_size, shuffle=shuffle, num_workers=num_workers, generator=g)
+    params = [p for p in model.parameters() if p.requires_grad] + [p for p in codec.parameters() if p.requires_grad]
+    opt = optimizer or torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    ce = nn.CrossEntropyLoss()
+    model.train()
+    history: List[float] = []
+    steps = 0
+    for _ in range(int(epochs)):
+        total, count = 0.0, 0
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1].to(device).long()
+            f = model.features(x)
+            if not codec.is_fitted:
+                codec.fit(f)
+            loss = ce(model.head(codec.decode(codec.encode(f))), y)
+            if direct_loss:
+                loss = loss + ce(model.head(f), y)
+            opt.zero_grad()
+            loss.backward()
+            if clamp is not None:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.data.clamp_(-clamp, clamp)
+            opt.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        history.append(total / max(count, 1))
+        if max_steps is not None and steps >= max_steps:
+            break
+    return history
+
+
+def save_crumb_pretrained(path: PathLike, model: Optional[nn.Module], codec: MemoryBlockCodec) -> Path:
+    """Write trunk + head (the SplitNet's state_dict) and the codebook to one file.
+
+    The file holds tensors, strings and ints only (readable with
+    ``torch.load(weights_only=True)``); its ``model`` entry also loads as
+    ``weights:`` of a cut factory (e.g. ``squeezenet_cut(weights=path)``).
+    """
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    obj: Dict[str, Any] = {
+        "format": PRETRAINED_FORMAT,
+        "version": 1,
+        "codec_config": {"n_blocks": codec.n_blocks, "block_dim": codec.block_dim, "init": codec.init},
+        "codec": {k: v.detach().cpu().clone() for k, v in codec.state_dict().items()},
+    }
+    if model is not None:
+        obj["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        meta = getattr(model, "meta", {}) or {}
+        obj["model_meta"] = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(p)
+    return p
+
+
+def load_crumb_pretrained(
+    path: PathLike, model: Optional[nn.Module] = None
+) -> Tuple[MemoryBlockCodec, Optional[Dict[str, Tensor]]]:
+    """Read a file written by :func:`save_crumb_pretrained`.
+
+    Returns the codebook (a new :class:`MemoryBlockCodec`) and the model
+    state_dict (or None). When ``model`` is given, its trunk and head are
+    loaded too (the final classifier is skipped when its shape differs, e.g.
+    1000 ImageNet classes vs. the benchmark's). Any problem raises a
+    :class:`CheckpointError` naming ``path``.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"{path}: CRUMB pretrained file not found; write one with CRUMBPlugin.save_pretrained(path)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: cannot read the CRUMB pretrained file ({type(e).__name__}); "
+            "it must be written by CRUMBPlugin.save_pretrained / save_crumb_pretrained"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != PRETRAINED_FORMAT or "codec" not in obj:
+        raise CheckpointError(
+            f"{path}: not a CRUMB pretrained file (format tag {PRETRAINED_FORMAT!r} missing); "
+            "write one with CRUMBPlugin.save_pretrained(path)"
+        )
+    cfg = obj.get("codec_config", {})
+    try:
+        init = str(cfg.get("init", "distmatch_sparse"))
+        codec = MemoryBlockCodec(
+            int(cfg["n_blocks"]), int(cfg["block_dim"]), init=init if init in INITS else "distmatch_sparse"
+        )
+        codec.load_state_dict(obj["codec"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the codebook in the CRUMB pretrained file is malformed ({e})") from None
+    state = obj.get("model")
+    if model is not None:
+        if state is None:
+            raise CheckpointError(f"{path}: holds no model weights (it was saved with model=None)")
+        prefix = (getattr(model, "meta", {}) or {}).get("classifier_prefix")
+        load_matching(model, state, path=p, optional_prefixes=(prefix,) if prefix else ())
+    return codec, state
+
+
+# =====================================================================================
+# The plugin
+# =====================================================================================
+@register_plugin("crumb")
+class CRUMBPlugin(LatentReplayPlugin):
+    """CRUMB: compositional replay of codebook indices ("memory blocks") of frozen-trunk features.
+
+    Use with ``avalanche.training.Naive`` (or :class:`streamcl.strategies.CRUMB`)
+    on a :class:`~streamcl.models.SplitNet` (e.g. ``squeezenet_cut``). Paper
+    settings are the defaults; the ablations are switches.
+
+    :param memory: replay budget: items (``417``), ``{"items": 417}`` or
+        ``{"bytes": "2.26MB"}`` (codes + int16 label per item; 417 items at 5408 B
+        each fit in 2.26 MB).
+    :param n_blocks: codebook rows (256; more than 256 stores int16 codes).
+    :param block_dim: codebook row length L (16; must divide the trunk's channels).
+    :param init: codebook init: ``distmatch_sparse`` (default), ``distmatch_dense``,
+        ``normal``, ``uniform``, ``first_batch``.
+    :param init_std: std of the distmatch init (default from the cut: 14*5/3 for
+        SqueezeNet cut 12, 0.73 for cut 3).
+    :param init_sparsity: zeroed fraction of the sparse distmatch init (0.64 cut 12, 0.25 cut 3).
+    :param freeze_memory: ablation: the codebook never changes.
+    :param direct_loss_only: ablation: train new data on ``head(f)`` instead of the reconstruction.
+    :param plus_direct_loss: ablation: add ``CE(head(f))`` to the reconstructed-path loss.
+    :param no_replay: ablation: no replay step (and nothing stored).
+    :param replay_weight: weight of the replay loss (5).
+    :param clamp: element-wise gradient clamp (10); null disables it.
+    :param mask_eval_logits: predict among seen classes only at evaluation (as the authors' code).
+    :param augment: random resized crops of replayed feature maps (the authors'
+        optional ``use_random_resize_crops``; off in the paper's main results).
+    :param crop_scale_min: smallest crop area fraction when ``augment`` (4/13 at 13x13).
+    :param pretrained: file written by :meth:`save_pretrained`: its codebook
+        replaces the initial one (load the trunk/head with the model's ``weights:``).
+    :param buffer_device: where the code buffer lives.
+    :param seed: seed of codebook init, replay draws and buffer truncation.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory: Union[int, str, Dict[str, Any]] = 417,
+        n_blocks: int = 256,
+        block_dim: int = 16,
+        init: Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch"] = "distmatch_sparse",
+        init_std: Optional[float] = None,
+        init_sparsity: Optional[float] = None,
+        freeze_memory: bool = False,
+        direct_loss_only: bool = False,
+        plus_direct_loss: bool = False,
+        no_replay: bool = False,
+        replay_weight: float = 5.0,
+        clamp: Optional[float] = 10.0,
+        mask_eval_logits: bool = True,
+        augment: bool = False,
+        crop_scale_min: float = 4 / 13,
+        pretrained: Optional[str] = None,
+        buffer_device: str = "cpu",
+        seed: int = 0,
+    ):
+        if direct_loss_only and plus_direct_loss:
+            raise ConfigError("direct_loss_only and plus_direct_loss exclude each other: set at most one", key="plus_direct_loss")
+        if init not in INITS:
+            raise ConfigError(f"invalid value {init!r}; valid: {', '.join(INITS)}", key="init")
+        if n_blocks < 1 or block_dim < 1:
+            raise ConfigError(f"n_blocks and block_dim must be >= 1 (got {n_blocks} x {block_dim})", key="n_blocks")
+        if n_blocks > 2**15:
+            raise ConfigError(f"n_blocks={n_blocks} exceeds 32768 (int16 codes)", key="n_blocks")
+        if not 0 < crop_scale_min <= 1:
+            raise ConfigError(f"crop_scale_min must lie in (0, 1], got {crop_scale_min}", key="crop_scale_min")
+        train_path = "direct" if direct_loss_only else ("both" if plus_direct_loss else "reconstructed")
+        super().__init__(
+            None,
+            memory=memory,
+            policy="class_balanced",
+            replay="none" if no_replay else "separate",
+            replay_sampling="absent_classes",
+            replay_weight=float(replay_weight),
+            train_path=train_path,  # type: ignore[arg-type]
+            eval_path="direct",
+            mask_logits=True,
+            mask_eval_logits=mask_eval_logits,
+            grad_clamp=clamp,
+            augment=augment,
+            crop_scale=(float(crop_scale_min), 1.0),
+            mixup_alpha=None,
+            store="none" if no_replay else "experience",
+            fit_codec="first_batch",
+            freeze_codec=freeze_memory,
+            buffer_device=buffer_device,
+            seed=seed,
+        )
+        self.n_blocks = int(n_blocks)
+        self.block_dim = int(block_dim)
+        self.init = init
+        self.init_std = init_std
+        self.init_sparsity = init_sparsity
+        self.freeze_memory = bool(freeze_memory)
+        self.pretrained = pretrained
+        if pretrained:
+            self.load_pretrained(pretrained)
+
+    # ------------------------------------------------------------------ codec
+    def make_codec(self, feature_shape: Tuple[int, int, int], model: nn.Module) -> MemoryBlockCodec:
+        """Build the codebook; distmatch std/sparsity default to the model's cut (``model.meta["cut"]``)."""
+        std, sparsity = distmatch_preset((getattr(model, "meta", {}) or {}).get("cut"))
+        codec = MemoryBlockCodec(
+            self.n_blocks,
+            self.block_dim,
+            init=self.init,  # type: ignore[arg-type]
+            init_std=self.init_std if self.init_std is not None else std,
+            init_sparsity=self.init_sparsity if self.init_sparsity is not None else sparsity,
+            seed=self.seed,
+        )
+        if feature_shape is not None:
+            codec.code_shape(feature_shape)  # L must divide C: fail early with a clear message
+        if self.freeze_memory:
+            codec.memory.requires_grad_(False)
+        return codec
+
+    def ensure_codec(self, model: nn.Module, feature_shape: Optional[Tuple[int, int, int]] = None) -> MemoryBlockCodec:
+        """The plugin's codebook, built for ``model`` if it does not exist yet."""
+        if self.codec is None:
+            self.codec = self.make_codec(feature_shape, model)  # type: ignore[arg-type]
+        return self.codec  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ pretraining
+    def pretrain(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        epochs: int = 10,
+        mb_size: int = 128,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        direct_loss: bool = True,
+        device: Union[str, torch.device, None] = None,
+        max_steps: Optional[int] = None,
+    ) -> List[float]:
+        """Pretrain head + this plugin's codebook offline (see :func:`pretrain_crumb`).
+
+        ``model`` is a SplitNet or a strategy (its ``model`` and ``device`` are used).
+        """
+        if not is_splitnet(model) and hasattr(model, "model"):
+            device = device if device is not None else getattr(model, "device", "cpu")
+            model = model.model
+        model = _splitnet_or_raise(model, "CRUMBPlugin.pretrain")
+        codec = self.ensure_codec(model)
+        if self.freeze_memory:
+            codec.memory.requires_grad_(False)
+        return pretrain_crumb(
+            model,
+            codec,
+            data,
+            epochs=epochs,
+            mb_size=mb_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            direct_loss=direct_loss,
+            device=device or "cpu",
+            seed=self.seed,
+            max_steps=max_steps,
+        )
+
+    def save_pretrained(self, path: PathLike, model: Optional[nn.Module] = None) -> Path:
+        """Save the codebook (and ``model``'s trunk + head when given) to ``path``."""
+        if self.codec is None:
+            if model is None:
+                raise StreamclError("CRUMBPlugin.save_pretrained: no codebook yet (train or pretrain first, or pass model=)")
+            self.ensure_codec(model)
+        return save_crumb_pretrained(path, model, self.codec)  # type: ignore[arg-type]
+
+    def load_pretrained(self, path: PathLike, model: Optional[nn.Module] = None) -> None:
+        """Load a codebook (and ``model``'s trunk + head when given) written by :meth:`save_pretrained`.
+
+        The file's codebook shape wins over ``n_blocks`` / ``block_dim``.
+        """
+        codec, _ = load_crumb_pretrained(path, model)
+        self.n_blocks, self.block_dim = codec.n_blocks, codec.block_dim
+        if self.freeze_memory:
+            codec.memory.requires_grad_(False)
+        self.set_codec(codec)
+        self.buffer = None  # code shape may differ: reallocated on the next feature map
+        self.feature_shape = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["crumb"] = {"n_blocks": self.n_blocks, "block_dim": self.block_dim, "init": str(self.init)}
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        cfg = state.get("crumb") if isinstance(state, dict) else None
+        if cfg:
+            if (int(cfg["n_blocks"]), int(cfg["block_dim"])) != (self.n_blocks, self.block_dim):
+                raise CheckpointError(
+                    f"checkpoint codebook is {cfg['n_blocks']} x {cfg['block_dim']} but this CRUMBPlugin is "
+                    f"{self.n_blocks} x {self.block_dim}: use the experiment's original n_blocks/block_dim"
+                )
+            if self.codec is None and state.get("codec") is not None:
+                self.codec = MemoryBlockCodec(self.n_blocks, self.block_dim, init=self.init)  # type: ignore[arg-type]
+        super().load_state_dict(state)
+        if self.freeze_memory and self.codec is not None:
+            self.codec.memory.requires_grad_(False)
+
+    def replay_rounds(self, batch_size: int, n_classes: int) -> int:
+        """CRUMB's number of replay rounds: ``ceil(B / K)``."""
+        return math.ceil(batch_size / n_classes) if n_classes else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"CRUMBPlugin(n_blocks={self.n_blocks}, block_dim={self.block_dim}, init={self.init}, "
+            f"memory={self.budget.to_dict()}, train_path={self.train_path}, replay={self.replay})"
+        )

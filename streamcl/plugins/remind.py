@@ -1,0 +1,441 @@
+"""REMIND (REplay using Memory INDexing) as an Avalanche plugin.
+
+REMIND is :class:`~streamcl.plugins.latent_replay.LatentReplayPlugin` with a
+faiss product quantiser (:class:`~streamcl.models.pq.PQCodec`) and these settings:
+
+- **base initialisation** on the first experience: the head (optionally the
+  whole net, ``base_train_trunk``) trains normally on the direct path
+  ``head(trunk(x))`` for ``base_epochs`` epochs; then the PQ is fitted on the
+  spatial C-vectors of the base features and every base example is encoded
+  into the buffer, which is capped to ``memory`` right away by evicting random
+  items of the largest class (the authors' code never trimmed it);
+- **streaming** (later experiences): every new example is encoded + decoded
+  too; ``mode="per_sample"`` (the paper) makes one SGD step per new example on
+  that example plus ``n_replay`` (50) replayed items drawn uniformly from the
+  buffer; ``2 * n_replay`` codes are drawn, decoded, randomly resized-cropped
+  and mixed up pairwise (``lam ~ Beta(0.1, 0.1)``) into ``n_replay`` items; the
+  new example is then admitted to the buffer (largest-class eviction when
+  full). ``mode="batched"`` does the same for the whole mini-batch in one step
+  (B new + ``batched_replay`` mixed replays), for speed;
+- **learning rate** ``lr_schedule="per_class"``: each class has its own
+  step-decayed lr, ``max_lr * lr_gamma ** (n_samples_of_class // lr_step)``
+  floored at ``min_lr`` (0.1 -> 0.001, x0.7017 every 100 samples), which
+  starts again from ``max_lr`` for every new class. It is written to the
+  optimiser's ``param_group["lr"]`` explicitly before each step (torch's
+  chained schedulers broke the authors' scheduler-based restart).
+  ``lr_schedule="constant"`` keeps the optimiser's lr (1e-3 in the CRUMB comparison);
+- **evaluation** passes test features through encode/decode as well
+  (``head(decode(encode(trunk(x))))``).
+
+How ``mode="per_sample"`` takes over Avalanche's update
+-------------------------------------------------------
+Avalanche runs one ``forward -> criterion -> backward -> optimizer.step`` per
+mini-batch. The trunk is by far the most expensive part, so the template's own
+forward is kept (through the shared feature hook, it computes the trunk
+features once, encodes them and gives ``mb_output`` for the metrics). In
+``before_backward`` the plugin then runs REMIND's inner loop itself: for each
+example of the mini-batch ``zero_grad -> head(1 new + n_replay) -> backward ->
+optimizer.step`` on ``strategy.optimizer``, admitting the example to the buffer
+after its step. It finally clears the gradients and replaces ``strategy.loss``
+by a detached copy (same value, no graph), so the template's own
+``backward`` / ``optimizer.step`` that follow are no-ops (optimisers skip
+parameters whose ``grad`` is None). A regulariser plugin that adds a term to
+``strategy.loss`` *after* this plugin still gets one step per mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from streamcl.errors import CheckpointError, ConfigError
+from streamcl.models.pq import PQCodec
+from streamcl.plugins.latent_replay import (
+    LatentReplayPlugin,
+    _splitnet_or_raise,
+    mixup_loss,
+    random_resized_crop_features,
+)
+from streamcl.registry import register_plugin
+
+__all__ = ["REMINDPlugin", "PerClassStepLR"]
+
+
+class PerClassStepLR:
+    """REMIND's per-class learning rate, applied explicitly to an optimiser.
+
+    ``lr(c) = max(min_lr, max_lr * gamma ** (count[c] // step_size))`` where
+    ``count[c]`` is the number of streaming samples of class ``c`` trained so
+    far. A class never seen starts at ``max_lr`` (the restart); a class seen
+    again resumes its own decayed lr (as the authors' per-class schedulers do).
+    """
+
+    def __init__(self, max_lr: float = 0.1, min_lr: float = 0.001, gamma: float = 0.7017, step_size: int = 100):
+        if not (max_lr > 0 and 0 <= min_lr <= max_lr and 0 < gamma <= 1 and step_size >= 1):
+            raise ConfigError(
+                f"per-class lr needs max_lr > 0, 0 <= min_lr <= max_lr, 0 < lr_gamma <= 1, lr_step >= 1 "
+                f"(got {max_lr}, {min_lr}, {gamma}, {step_size})",
+                key="lr_schedule",
+            )
+        self.max_lr = float(max_lr)
+        self.min_lr = float(min_lr)
+        self.gamma = float(gamma)
+        self.step_size = int(step_size)
+        self.counts: Dict[int, int] = {}
+
+    def lr(self, cls: int) -> float:
+        k = self.counts.get(int(cls), 0) // self.step_size
+        return max(self.min_lr, self.max_lr * self.gamma**k)
+
+    def step(self, cls: int, n: int = 1) -> None:
+        self.counts[int(cls)] = self.counts.get(int(cls), 0) + int(n)
+
+    @staticmethod
+    def apply(optimizer: torch.optim.Optimizer, lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"counts": {int(k): int(v) for k, v in self.counts.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.counts = {int(k): int(v) for k, v in dict(state.get("counts", {})).items()}
+
+
+@register_plugin("remind")
+class REMINDPlugin(LatentReplayPlugin):
+    """REMIND: streaming replay of product-quantised frozen-trunk features.
+
+    Use with ``avalanche.training.Naive`` on a :class:`~streamcl.models.SplitNet`
+    (``resnet18_cut`` for the paper, ``squeezenet_cut`` for the CRUMB
+    comparison), ``train_mb_size`` as you like (per-sample mode steps once per
+    example anyway), one epoch per streaming experience, and an SGD optimiser
+    (momentum 0.9, weight decay 1e-5 in the paper). Requires faiss
+    (``pip install 'streamcl[cpu]'`` or ``'streamcl[gpu]'``).
+
+    :param memory: replay budget: items (``417``), ``{"items": N}`` or
+        ``{"bytes": "2.26MB"}`` (codes + int16 label per item; the PQ centroids
+        are reported by :meth:`replay_nbytes` but not charged to the budget).
+    :param num_codebooks: PQ sub-quantisers M (32); must divide the trunk's channels.
+        Each item stores ``H * W * M`` bytes.
+    :param nbits: bits per PQ code (8: 256 centroids per sub-quantiser).
+    :param mode: ``"per_sample"`` (paper: one step per new example) or
+        ``"batched"`` (one step per mini-batch: B new + ``batched_replay`` replays).
+    :param n_replay: replayed items per step in per-sample mode (50).
+    :param batched_replay: replayed items per step in batched mode (default ``n_replay``).
+    :param lr_schedule: ``"per_class"`` (paper) or ``"constant"`` (keep the optimiser's lr).
+    :param max_lr: per-class lr of a new class (0.1).
+    :param min_lr: floor of the per-class lr (0.001).
+    :param lr_gamma: decay factor of the per-class lr (0.7017).
+    :param lr_step: samples of a class between two decays (100).
+    :param augment: random resized crop + mixup of replayed maps (True).
+    :param crop_scale: area range of the crop ((2/7, 1) at 7x7; (4/13, 1) at 13x13).
+    :param crop_ratio: aspect-ratio range of the crop.
+    :param crop_new: also crop the new example (the authors' code does; the paper text crops replays).
+    :param mixup_alpha: Beta(alpha, alpha) of the mixup between two replay halves (0.1; null disables).
+    :param base_epochs: epochs of the base initialisation on the first experience
+        (default: the strategy's ``train_epochs``).
+    :param base_train_trunk: also train the trunk during base initialisation (frozen again afterwards).
+    :param pq_train_vectors: at most this many C-vectors (sampled uniformly) train the PQ.
+    :param pq_niter: k-means iterations of the PQ training.
+    :param mask_logits: mask logits of unseen classes during training (REMIND: no).
+    :param mask_eval_logits: same at evaluation.
+    :param grad_clamp: element-wise gradient clamp (null: none, as the paper).
+    :param use_gpu: faiss on the GPU: ``"auto"`` (faiss-gpu present and data on CUDA), true, false.
+    :param buffer_device: where the code buffer lives (``"cpu"``).
+    :param seed: seed of the PQ k-means, replay draws, augmentation and evictions.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory: Union[int, str, Dict[str, Any]] = 417,
+        num_codebooks: int = 32,
+        nbits: int = 8,
+        mode: Literal["per_sample", "batched"] = "per_sample",
+        n_replay: int = 50,
+        batched_replay: Optional[int] = None,
+        lr_schedule: Literal["per_class", "constant"] = "per_class",
+        max_lr: float = 0.1,
+        min_lr: float = 0.001,
+        lr_gamma: float = 0.7017,
+        lr_step: int = 100,
+        augment: bool = True,
+        crop_scale: Sequence[float] = (2 / 7, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        crop_new: bool = False,
+        mixup_alpha: Optional[float] = 0.1,
+        base_epochs: Optional[int] = None,
+        base_train_trunk: bool = False,
+        pq_train_vectors: int = 65536,
+        pq_niter: int = 25,
+        mask_logits: bool = False,
+        mask_eval_logits: bool = False,
+        grad_clamp: Optional[float] = None,
+        use_gpu: Union[bool, str] = "auto",
+        buffer_device: str = "cpu",
+        seed: int = 0,
+    ):
+        self._check_choice("mode", mode, ("per_sample", "batched"))
+        self._check_choice("lr_schedule", lr_schedule, ("per_class", "constant"))
+        if int(n_replay) < 0:
+            raise ConfigError(f"n_replay must be >= 0, got {n_replay}", key="n_replay")
+        if batched_replay is not None and int(batched_replay) < 0:
+            raise ConfigError(f"batched_replay must be >= 0, got {batched_replay}", key="batched_replay")
+        if base_epochs is not None and int(base_epochs) < 1:
+            raise ConfigError(f"base_epochs must be >= 1 (or null), got {base_epochs}", key="base_epochs")
+        if len(tuple(crop_scale)) != 2 or not 0 < float(crop_scale[0]) <= float(crop_scale[1]) <= 1:
+            raise ConfigError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {crop_scale}", key="crop_scale")
+        if int(pq_train_vectors) < 2**nbits:
+            raise ConfigError(f"pq_train_vectors must be >= 2**nbits = {2**nbits}", key="pq_train_vectors")
+        # Built now, so a missing faiss fails when REMIND is constructed (naming the extra).
+        codec = PQCodec(num_codebooks, nbits, niter=pq_niter, seed=seed, use_gpu=use_gpu)
+        replays = int(n_replay if mode == "per_sample" or batched_replay is None else batched_replay)
+        super().__init__(
+            codec,
+            memory=memory,
+            policy="largest_class",
+            # batched: the shared joint replay (B new + replays in one step); per_sample: the
+            # inner loop below draws its own replays, so the shared joint draw is switched off.
+            replay="joint" if (mode == "batched" and replays > 0) else "none",
+            replay_sampling="uniform",
+            replay_mb_size=replays or None,
+            replay_weight=None,  # mean loss over new + replayed items, as REMIND
+            train_path="reconstructed",
+            eval_path="reconstructed",
+            mask_logits=mask_logits,
+            mask_eval_logits=mask_eval_logits,
+            grad_clamp=grad_clamp,
+            augment=augment,
+            crop_scale=(float(crop_scale[0]), float(crop_scale[1])),
+            crop_ratio=(float(crop_ratio[0]), float(crop_ratio[1])),
+            mixup_alpha=mixup_alpha if augment else None,
+            mixup_mode="halves",
+            store="stream",
+            fit_codec="never",  # fitted by the base initialisation
+            buffer_device=buffer_device,
+            seed=seed,
+        )
+        self.mode = mode
+        self.n_replay = int(n_replay)
+        self.batched_replay = batched_replay
+        self.lr_schedule = lr_schedule
+        self.lr_scheduler = PerClassStepLR(max_lr, min_lr, lr_gamma, lr_step) if lr_schedule == "per_class" else None
+        self.crop_new = bool(crop_new)
+        self.base_epochs = None if base_epochs is None else int(base_epochs)
+        self.base_train_trunk = bool(base_train_trunk)
+        self.pq_train_vectors = int(pq_train_vectors)
+        self.base_done = False
+        self.steps = 0  # optimiser steps taken by REMIND while streaming
+        self._saved_train_epochs: Optional[int] = None
+        self._in_base = False
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def pq(self) -> PQCodec:
+        return self.codec  # type: ignore[return-value]
+
+    def _streaming(self) -> bool:
+        return self.base_done and self.codec is not None and self.codec.is_fitted
+
+    # ------------------------------------------------------------------ base initialisation
+    def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().before_training_exp(strategy, *args, **kwargs)
+        self._in_base = not self.base_done
+        if not self._in_base:
+            return
+        model = _splitnet_or_raise(strategy.model, type(self).__name__)
+        if self.base_epochs is not None and self._saved_train_epochs is None:
+            self._saved_train_epochs = strategy.train_epochs
+            strategy.train_epochs = self.base_epochs
+        if self.base_train_trunk:
+            model.freeze_trunk = False
+            for p in model.trunk.parameters():
+                p.requires_grad_(True)
+
+    def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().after_training_exp(strategy, *args, **kwargs)
+        if not self._in_base:
+            return
+        exp = strategy.experience
+        # Online streams fire this per mini-experience: initialise once the base experience is over.
+        try:
+            last = bool(getattr(exp, "is_last_subexp", True))
+        except Exception:  # masked attribute (no access to task boundaries)
+            last = True
+        if not last:
+            return
+        if self._saved_train_epochs is not None:
+            strategy.train_epochs = self._saved_train_epochs
+            self._saved_train_epochs = None
+        model = _splitnet_or_raise(strategy.model, type(self).__name__)
+        if self.base_train_trunk:
+            model.freeze_trunk = True
+            for p in model.trunk.parameters():
+                p.requires_grad_(False)
+            model.trunk.eval()
+        try:
+            dataset = exp.origin_experience.dataset
+        except Exception:
+            dataset = exp.dataset
+        self.base_initialise(strategy, dataset)
+        self._in_base = False
+
+    @staticmethod
+    def _eval_view(dataset: Any) -> Any:
+        """The dataset with its eval transforms (deterministic features for the PQ and the buffer)."""
+        ev = getattr(dataset, "eval", None)
+        return ev() if callable(ev) else dataset
+
+    def base_initialise(self, strategy: Any, dataset: Any) -> None:
+        """Fit the PQ on the base features, encode every base example into the (capped) buffer.
+
+        Two passes over ``dataset`` through the trunk: the first samples up to
+        ``pq_train_vectors`` spatial C-vectors uniformly and fits the PQ, the
+        second encodes all examples in order (largest-class eviction caps the buffer).
+        """
+        model = _splitnet_or_raise(strategy.model, type(self).__name__)
+        dataset = self._eval_view(dataset)
+        was = model.training
+        model.eval()
+        try:
+            if not self.codec.is_fitted:  # type: ignore[union-attr]
+                total = max(1, len(dataset))
+                vecs: List[Tensor] = []
+                for x, _ in self._iterate_experience(strategy, dataset):
+                    f = self.features(strategy, x)
+                    self._on_feature_shape(strategy, f)
+                    v = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+                    # keep the same fraction of every batch: ~pq_train_vectors over the whole experience
+                    frac = self.pq_train_vectors / (total * f.shape[2] * f.shape[3])
+                    k = min(len(v), math.ceil(frac * len(v)))
+                    if k < len(v):
+                        v = v[torch.randperm(len(v), generator=self.generator)[:k].to(v.device)]
+                    vecs.append(v.cpu())
+                if not vecs:
+                    raise ConfigError("REMIND base initialisation: the first experience holds no data", key="memory")
+                train = torch.cat(vecs)[: self.pq_train_vectors]
+                self.codec.fit(train[:, :, None, None].to(strategy.device))  # type: ignore[union-attr]
+            for x, y in self._iterate_experience(strategy, dataset):
+                f = self.features(strategy, x)
+                self._on_feature_shape(strategy, f)
+                self.store_codes(self.encode(f), y)
+        finally:
+            model.train(was)
+        self.base_done = True
+
+    # ------------------------------------------------------------------ streaming
+    def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """Batched mode: set the step's lr (mean of the per-class lrs of the mini-batch's examples)."""
+        if self.mode != "batched" or self.lr_scheduler is None or not self._streaming():
+            return
+        labels = strategy.mb_y.tolist()
+        lr = sum(self.lr_scheduler.lr(c) for c in labels) / max(1, len(labels))
+        self.lr_scheduler.apply(strategy.optimizer, lr)
+
+    def after_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().after_update(strategy, *args, **kwargs)
+        if self.mode == "batched" and self._streaming() and self._codes is not None:
+            self.steps += 1
+            if self.lr_scheduler is not None:
+                for c in strategy.mb_y.tolist():
+                    self.lr_scheduler.step(c)
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self.mode == "per_sample" and self._streaming() and self._codes is not None:
+            self.per_sample_steps(strategy)
+            return
+        super().before_backward(strategy, *args, **kwargs)
+
+    def draw_replay(self, device: Any) -> Optional[Tuple[Tensor, Tensor, Tensor, float]]:
+        """Decoded, augmented replay items for one step: ``(feats, labels_a, labels_b, lam)`` or None."""
+        if self.buffer is None or len(self.buffer) == 0 or self.n_replay == 0:
+            return None
+        n = self.n_replay * (2 if (self.augment and self.mixup_alpha) else 1)
+        codes, labels = self.buffer.sample(n, generator=self.generator)
+        if len(labels) == 0:
+            return None
+        return self.replay_features(codes, labels, device)
+
+    def per_sample_steps(self, strategy: Any) -> None:
+        """REMIND's inner loop: one optimiser step per example of the mini-batch (see module doc)."""
+        model = strategy.model
+        opt = strategy.optimizer
+        codes = self._codes
+        labels = strategy.mb_y.long()
+        new_feats = self.codec.decode(codes.to(strategy.device))  # type: ignore[union-attr]
+        store = strategy.clock.train_exp_epochs == 0
+        total = 0.0
+        for i in range(len(labels)):
+            y = labels[i : i + 1]
+            x = new_feats[i : i + 1]
+            if self.crop_new:
+                x = random_resized_crop_features(
+                    x, scale=self.crop_scale, ratio=self.crop_ratio, generator=self.generator  # type: ignore[arg-type]
+                )
+            ya, yb, lam = y, y, 1.0
+            replay = self.draw_replay(strategy.device)
+            if replay is not None:
+                rf, ra, rb, lam = replay
+                x = torch.cat([x, rf.to(x.dtype)])
+                ya, yb = torch.cat([y, ra]), torch.cat([y, rb])
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.apply(opt, self.lr_scheduler.lr(int(y)))
+            opt.zero_grad(set_to_none=True)
+            logits = model.head(x)
+            if self.mask_logits:
+                logits = self.mask(logits)
+            loss = mixup_loss(strategy._criterion, logits, ya, yb, lam)
+            loss.backward()
+            self.clamp_gradients(strategy)
+            opt.step()
+            self.steps += 1
+            self.last_replay_size = len(x) - 1
+            total += float(loss.detach())
+            if store:
+                self.store_codes(codes[i : i + 1], y)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step(int(y))
+        self.last_replay_loss = total / max(1, len(labels))
+        # Hand the template an update that changes nothing (see the module docstring).
+        opt.zero_grad(set_to_none=True)
+        strategy.loss = strategy.loss.detach().requires_grad_(True)
+        self._codes = None  # already stored, one by one
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["remind"] = {
+            "num_codebooks": int(self.pq.num_codebooks),
+            "nbits": int(self.pq.nbits),
+            "mode": self.mode,
+            "base_done": bool(self.base_done),
+            "steps": int(self.steps),
+            "lr": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+        }
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        cfg = state.get("remind") if isinstance(state, Mapping) else None
+        if cfg:
+            saved = (int(cfg["num_codebooks"]), int(cfg["nbits"]))
+            if saved != (self.pq.num_codebooks, self.pq.nbits):
+                raise CheckpointError(
+                    f"checkpoint PQ is M={saved[0]}, nbits={saved[1]} but this REMINDPlugin is "
+                    f"M={self.pq.num_codebooks}, nbits={self.pq.nbits}: use the experiment's original settings"
+                )
+        super().load_state_dict(state)  # type: ignore[arg-type]
+        if cfg:
+            self.base_done = bool(cfg.get("base_done", False))
+            self.steps = int(cfg.get("steps", 0))
+            if self.lr_scheduler is not None and cfg.get("lr") is not None:
+                self.lr_scheduler.load_state_dict(cfg["lr"])
+
+    def __repr__(self) -> str:
+        return (
+            f"REMINDPlugin(M={self.pq.num_codebooks}, nbits={self.pq.nbits}, mode={self.mode}, "
+            f"n_replay={self.n_replay}, lr_schedule={self.lr_schedule}, memory={self.budget.to_dict()})"
+        )

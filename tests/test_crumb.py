@@ -1,0 +1,351 @@
+"""CRUMB: the memory-block codec, the plugin on avalanche.training.Naive, ablations, pretraining, state."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamcl.errors import CheckpointError, ConfigError, StreamclError
+from streamcl.models import MemoryBlockCodec, SplitNet, small_cnn_cut
+from streamcl.plugins import CRUMBPlugin, LatentReplayPlugin, reconstructed_accuracy_metrics
+from streamcl.plugins.crumb import load_crumb_pretrained, pretrain_crumb
+
+
+def roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- codec
+def test_encode_is_nearest_cosine_row_and_decode_gathers():
+    codec = MemoryBlockCodec(32, 4, init="normal", seed=0)
+    f = torch.randn(3, 8, 5, 6)
+    codes = codec.encode(f)
+    assert codes.dtype == torch.uint8 and codes.shape == (3, 5, 6, 2)
+    # brute force: every channels-last chunk of length 4 vs every row, by cosine similarity
+    mem = codec.memory.detach()
+    for n in range(3):
+        for i in range(5):
+            for j in range(6):
+                for k in range(2):
+                    chunk = f[n, 4 * k : 4 * k + 4, i, j]
+                    cos = F.cosine_similarity(chunk.unsqueeze(0), mem, dim=1)
+                    assert int(codes[n, i, j, k]) == int(cos.argmax())
+    rec = codec.decode(codes)
+    assert rec.shape == f.shape
+    assert torch.equal(rec[1, 4:8, 2, 3], mem[int(codes[1, 2, 3, 1])])  # un-normalised row
+
+
+def test_bytes_per_item_paper_setting():
+    codec = MemoryBlockCodec(256, 16)
+    assert codec.code_shape((512, 13, 13)) == (13, 13, 32)
+    assert codec.nbytes_per_item((512, 13, 13)) == 5408
+    assert codec.state_nbytes() == 256 * 16 * 4 + 1  # float32 codebook + the 'fitted' flag
+    assert MemoryBlockCodec(256, 8).nbytes_per_item((512, 13, 13)) == 13 * 13 * 64
+
+
+def test_block_dim_must_divide_channels_and_large_codebooks_use_int16():
+    with pytest.raises(StreamclError, match="divide"):
+        MemoryBlockCodec(16, 12).code_shape((512, 13, 13))
+    with pytest.warns(UserWarning, match="int16"):
+        big = MemoryBlockCodec(300, 4, init="normal", seed=0)
+    codes = big.encode(torch.randn(2, 8, 3, 3))
+    assert codes.dtype == torch.int16 and int(codes.max()) < 300
+    assert big.nbytes_per_item((8, 3, 3)) == 3 * 3 * 2 * 2
+    with pytest.raises(StreamclError):
+        MemoryBlockCodec(2**16, 4)
+
+
+def test_inits():
+    sparse = MemoryBlockCodec(256, 16, init="distmatch_sparse", seed=0).memory.detach()
+    assert (sparse >= 0).all()
+    assert abs(float((sparse == 0).float().mean()) - 0.64) < 0.03
+    nz = sparse[sparse > 0]
+    assert abs(float(nz.pow(2).mean().sqrt()) - 14 * 5 / 3) < 2.0  # |N(0, std^2)|: rms == std
+    dense = MemoryBlockCodec(256, 16, init="distmatch_dense", init_std=0.73, seed=0).memory.detach()
+    assert (dense > 0).float().mean() > 0.99
+    assert MemoryBlockCodec(8, 4, init="uniform", seed=0).memory.min() >= 0
+    fb = MemoryBlockCodec(8, 4, init="first_batch", seed=0)
+    assert not fb.is_fitted
+    f = torch.randn(2, 8, 3, 3)
+    fb.fit(f)
+    assert fb.is_fitted
+    chunks = f.permute(0, 2, 3, 1).reshape(-1, 4)
+    for row in fb.memory.detach():
+        assert (chunks - row).abs().sum(1).min() < 1e-6  # every row is a chunk of the batch
+    a = MemoryBlockCodec(8, 4, seed=5).memory
+    b = MemoryBlockCodec(8, 4, seed=5).memory
+    assert torch.equal(a, b)
+
+
+def test_codebook_learns_only_through_the_gather():
+    codec = MemoryBlockCodec(16, 4, init="normal", seed=0)
+    f = torch.randn(2, 8, 2, 2)
+    codes = codec.encode(f)
+    codec.decode(codes).sum().backward()
+    used = torch.zeros(16, dtype=torch.bool)
+    used[codes.long().unique()] = True
+    g = codec.memory.grad
+    assert (g[used] != 0).all() and (g[~used] == 0).all()
+    assert not f.requires_grad  # nothing flows back to the features (no straight-through)
+
+
+# ----------------------------------------------------------------------------- tiny stream
+def bn_model(num_classes=4):
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+    head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, num_classes))
+    return SplitNet(trunk, head)
+
+
+def tiny_stream(n_per_class=6, size=16, seed=0):
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
+    from avalanche.benchmarks.utils.data_attribute import DataAttribute, TaskLabels
+    from avalanche.benchmarks.utils.flat_data import ConstantSequence
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+
+    def ds(classes, n):
+        x = torch.cat([torch.randn(n, 3, size, size, generator=g) * 0.5 + c for c in classes])
+        y = torch.tensor([c for c in classes for _ in range(n)])
+        return TaskAwareSupervisedClassificationDataset(
+            [TensorDataset(x, y)],
+            data_attributes=[DataAttribute(y.tolist(), "targets"), TaskLabels(ConstantSequence(0, len(y)))],
+        )
+
+    bm = benchmark_from_datasets(train=[ds([0, 1], n_per_class), ds([2, 3], n_per_class)],
+                                 test=[ds([0, 1], 2), ds([2, 3], 2)])
+    return with_task_labels(with_classes_timeline(bm))
+
+
+def naive(model, plugins, evaluator=None, mb=4, lr=0.05):
+    from avalanche.training import Naive
+
+    return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+                 train_mb_size=mb, eval_mb_size=8, plugins=plugins, evaluator=evaluator)
+
+
+def test_crumb_on_naive_with_other_plugins():
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, MASPlugin
+
+    model = bn_model()
+    trunk_before = {k: v.clone() for k, v in model.trunk.state_dict().items()}  # weights AND BN stats
+    head_before = model.head[-1].weight.detach().clone()
+    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    ev = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), *reconstructed_accuracy_metrics(),
+                          loggers=[])
+    strat = naive(model, [plugin, EWCPlugin(ewc_lambda=1.0), MASPlugin(), LwFPlugin()], ev)
+    bm = tiny_stream()
+
+    strat.train(bm.train_stream[0])
+    codebook_after_first = plugin.codec.memory.detach().clone()
+    assert plugin.buffer.items_per_class() == {0: 4, 1: 4}  # quota floor(8 / 2)
+    assert plugin.replay_steps == 0  # nothing stored before the first experience ends
+    strat.train(bm.train_stream[1])
+    res = strat.eval(bm.test_stream)
+
+    assert plugin.buffer.items_per_class() == {0: 2, 1: 2, 2: 2, 3: 2}  # old classes shrunk
+    assert plugin.replay_steps == math.ceil(12 / 4)  # one replay step after each new-data step
+    assert plugin.last_replay_size == 2 * math.ceil(4 / 2)  # K=2 absent classes, ceil(B/K) rounds
+    assert not torch.equal(plugin.codec.memory.detach(), codebook_after_first)  # codebook keeps learning
+    assert not torch.equal(model.head[-1].weight, head_before)
+    for k, v in model.trunk.state_dict().items():
+        assert torch.equal(v, trunk_before[k]), f"trunk {k} changed"
+    assert any(k.startswith("Top1_RecAcc_Stream") for k in res)
+    assert any(k.startswith("Top1_Acc_Stream") for k in res)
+    assert plugin.replay_nbytes() == plugin.buffer.nbytes() + plugin.codec.state_nbytes()
+    assert plugin.buffer.codes.dtype == torch.uint8
+    assert plugin.buffer.nbytes() == 8 * (8 * 8 * 2 + 2)
+
+
+def test_replay_step_composition_and_weight(monkeypatch):
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=12, n_blocks=16, block_dim=4, seed=0, replay_weight=5.0)
+    strat = naive(model, [plugin], mb=5)
+    bm = tiny_stream()
+    strat.train(bm.train_stream[0])
+    seen = []
+    real_loss = plugin.replay_loss
+
+    def spy(strategy, logits, ya, yb, lam):
+        seen.append((ya.tolist(), (logits > -1e30).sum(1).tolist()))
+        return real_loss(strategy, logits, ya, yb, lam)
+
+    monkeypatch.setattr(plugin, "replay_loss", spy)
+    strat.train(bm.train_stream[1])
+    # batches of 5, 5, 2 new items of classes {2, 3}: replay = classes {0, 1}, ceil(B/2) rounds
+    assert [len(s[0]) for s in seen] == [2 * math.ceil(5 / 2), 2 * math.ceil(5 / 2), 2 * math.ceil(2 / 2)]
+    for labels, unmasked in seen:
+        assert labels[:2] == [0, 1] and set(labels) == {0, 1}
+        assert set(unmasked) == {4}  # all four classes are seen during experience 2
+
+
+def test_gradients_are_clamped():
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=4, n_blocks=16, block_dim=4, clamp=0.01)
+    strat = naive(model, [plugin])
+    strat.optimizer.zero_grad()
+    for p in model.head.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    plugin.clamp_gradients(strat)
+    assert all(float(p.grad.abs().max()) <= 0.01 for p in model.head.parameters())
+
+
+@pytest.mark.parametrize(
+    "flags", [{"freeze_memory": True}, {"direct_loss_only": True}, {"plus_direct_loss": True}, {"no_replay": True},
+              {"init": "first_batch", "augment": True}]
+)
+def test_ablation_switches(flags):
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, **flags)
+    strat = naive(model, [plugin])
+    bm = tiny_stream()
+    strat.train(bm.train_stream[0])
+    before = plugin.codec.memory.detach().clone()
+    strat.train(bm.train_stream[1])
+    strat.eval(bm.test_stream)
+    if flags.get("freeze_memory"):
+        assert torch.equal(plugin.codec.memory.detach(), before)
+    if flags.get("no_replay"):
+        assert plugin.replay_steps == 0 and (plugin.buffer is None or len(plugin.buffer) == 0)
+    else:
+        assert plugin.replay_steps > 0
+    if flags.get("direct_loss_only"):
+        assert plugin.train_path == "direct"
+
+
+def test_flags_validation():
+    with pytest.raises(ConfigError):
+        CRUMBPlugin(direct_loss_only=True, plus_direct_loss=True)
+    with pytest.raises(ConfigError):
+        CRUMBPlugin(init="zeros")
+    plugin = CRUMBPlugin(n_blocks=16, block_dim=3)
+    strat = naive(bn_model(), [plugin])
+    with pytest.raises(StreamclError, match="divide"):
+        strat.train(tiny_stream().train_stream[0])
+
+
+def test_memory_in_bytes_and_distmatch_preset_from_model():
+    model = small_cnn_cut(4, width=8, seed=0)
+    plugin = CRUMBPlugin(memory={"bytes": 10 * (8 * 8 * 4 + 2)}, n_blocks=16, block_dim=4)
+    strat = naive(model, [plugin], mb=6)
+    bm = tiny_stream(size=32)
+    strat.train(bm.train_stream[0])
+    assert plugin.buffer.capacity == 10 and len(plugin.buffer) == 10
+    sq = CRUMBPlugin()
+    from streamcl.models import squeezenet_cut
+
+    codec = sq.make_codec((96, 54, 54), squeezenet_cut(3, cut_layer=3))
+    assert abs(float((codec.memory == 0).float().mean()) - 0.25) < 0.05  # cut-3 preset
+
+
+def test_state_dict_roundtrip_and_resume():
+    bm = tiny_stream()
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    strat = naive(model, [plugin])
+    strat.train(bm.train_stream[0])
+    state = roundtrip(plugin.state_dict())
+
+    fresh = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.codec.memory, plugin.codec.memory)
+    assert torch.equal(fresh.buffer.codes, plugin.buffer.codes)
+    assert fresh.buffer.items_per_class() == plugin.buffer.items_per_class()
+    assert fresh.seen_classes == plugin.seen_classes
+    assert fresh.replay_nbytes() == plugin.replay_nbytes()
+    # training continues from the restored state
+    model2 = bn_model()
+    model2.load_state_dict(model.state_dict())
+    strat2 = naive(model2, [fresh])
+    strat2.train(bm.train_stream[1])
+    assert fresh.replay_steps > 0 and len(fresh.buffer.items_per_class()) == 4
+    with pytest.raises(CheckpointError):
+        CRUMBPlugin(n_blocks=32, block_dim=4).load_state_dict(state)
+
+
+def test_pretrain_save_load(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    model = bn_model()
+    plugin = CRUMBPlugin(n_blocks=16, block_dim=4, seed=0)
+    data = TensorDataset(torch.randn(12, 3, 16, 16), torch.randint(0, 4, (12,)))
+    losses = plugin.pretrain(model, data, epochs=2, mb_size=4)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    path = plugin.save_pretrained(tmp_path / "crumb_pre.pt", model)
+
+    other = CRUMBPlugin(n_blocks=64, block_dim=8, pretrained=str(path))
+    assert (other.n_blocks, other.block_dim) == (16, 4)
+    assert torch.equal(other.codec.memory, plugin.codec.memory)
+    model2 = bn_model(num_classes=7)  # another class count: final layer skipped
+    codec, state = load_crumb_pretrained(path, model2)
+    assert torch.equal(model2.head[0].weight, model.head[0].weight)
+    # the model part also loads as `weights:` of a cut factory
+    small = small_cnn_cut(3, width=4)
+    plugin.save_pretrained(tmp_path / "small.pt", small)
+    again = small_cnn_cut(3, width=4, weights=str(tmp_path / "small.pt"))
+    assert torch.equal(again.trunk.conv1.weight, small.trunk.conv1.weight)
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        CRUMBPlugin(pretrained=str(bad))
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        CRUMBPlugin().load_pretrained(tmp_path / "missing.pt")
+    # the pretraining loss has both terms by default
+    h = pretrain_crumb(bn_model(), MemoryBlockCodec(16, 4, seed=0), data, epochs=1, mb_size=12, direct_loss=False)
+    assert len(h) == 1
+
+
+def test_crumb_strategy_and_registry():
+    from avalanche.training import Naive
+
+    from streamcl.registry import PLUGINS, STRATEGIES
+    from streamcl.strategies import CRUMB
+
+    assert PLUGINS.get("crumb").factory is CRUMBPlugin
+    entry = STRATEGIES.get("crumb")
+    params = entry.parameters()
+    assert "memory" in params and "n_blocks" in params and "model" not in params
+    model = bn_model()
+    strat = CRUMB(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
+                  eval_mb_size=8, evaluator=None, memory=8, n_blocks=16, block_dim=4)
+    assert isinstance(strat, Naive) and isinstance(strat.plugins[0], CRUMBPlugin)
+    assert strat.latent_plugin is strat.plugins[0]
+    bm = tiny_stream()
+    for exp in bm.train_stream:
+        strat.train(exp)
+    res = strat.eval(bm.test_stream)
+    assert res
+    with pytest.raises(TypeError):
+        CRUMB(model=model, optimizer=strat.optimizer, not_a_key=1)
+
+
+def test_eval_mask_and_direct_path():
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4)
+    strat = naive(model, [plugin])
+    bm = tiny_stream()
+    strat.train(bm.train_stream[0])
+    # evaluation runs on the direct path, masked to seen classes {0, 1}
+    model.eval()
+    x = bm.test_stream[0].dataset[0][0].unsqueeze(0)
+    with torch.no_grad():
+        direct = model(x)
+    out = plugin.mask(direct)
+    assert out.argmax(1).item() in (0, 1)
+    assert isinstance(plugin, LatentReplayPlugin) and plugin.eval_path == "direct"
