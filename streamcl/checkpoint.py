@@ -395,4 +395,4 @@ def warn_unverified(strategy) -> None:
                 "SynapticIntelligencePlugin", "CRUMBPlugin", "REMINDPlugin"}
     for p in _stateful_plugins(strategy):
         if type(p).__name__ not in verified and not hasattr(p, "state_dict"):
-            warnings.warn(f"resuming {type(p).__name__}: its state is restored generically (best effort)")
+            warnings.warn(f"resuming {type(p).__name__}: its state is restored generically (best effort)", stacklevel=2)

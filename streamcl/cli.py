@@ -111,6 +111,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except StreamclError as e:
         print(f"streamcl: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # unwritable output folder, full disk ...: the path and the reason, no traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"streamcl: error: {where}{e.strerror or e}; check the path and its permissions "
+              "(or choose another output_dir / --out)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("streamcl: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

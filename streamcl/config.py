@@ -145,7 +145,7 @@ class Origins:
                 return source, fmt_path(shown + tuple(path[n:]))
         return None, fmt_path(path)
 
-    def copy(self) -> "Origins":
+    def copy(self) -> Origins:
         o = Origins()
         o._map = dict(self._map)
         return o
@@ -242,7 +242,7 @@ def expand_env(doc: Any, origins: Origins, path: KeyPath = ()) -> Any:
         doc = _TOKEN.sub(lambda m: _ENV_TOKENS.get(m.group(0), m.group(0)), doc)
     if isinstance(doc, str) and "${" in doc:
 
-        def sub(m: "re.Match[str]") -> str:
+        def sub(m: re.Match[str]) -> str:
             var, default = m.group(1), m.group(2)
             if var in os.environ:
                 return os.environ[var]

@@ -85,10 +85,19 @@ def _metric_factories() -> Dict[str, Callable[[], Sequence[PluginMetric]]]:
         "ram": lambda: M.ram_usage_metrics(every=0.5, experience=True),
         "cpu": lambda: M.cpu_usage_metrics(experience=True),
         "replay_bytes": lambda: [ReplayBytes()],
+        "reconstructed_accuracy": _reconstructed_accuracy,
     }
 
 
-METRIC_NAMES = ("accuracy", "loss", "forgetting", "bwt", "timing", "ram", "cpu", "replay_bytes")
+def _reconstructed_accuracy() -> Sequence[PluginMetric]:
+    """Accuracy of the head on codec-reconstructed features (CRUMB/REMIND; nothing for other methods)."""
+    from streamcl.plugins.latent_replay import reconstructed_accuracy_metrics
+
+    return reconstructed_accuracy_metrics()
+
+
+METRIC_NAMES = ("accuracy", "loss", "forgetting", "bwt", "timing", "ram", "cpu", "replay_bytes",
+                "reconstructed_accuracy")
 LOGGER_NAMES = ("tensorboard", "csv", "progress", "text")
 DEFAULT_METRICS = ["accuracy", "loss", "forgetting", "bwt", "timing", "ram", "replay_bytes"]
 DEFAULT_LOGGERS = ["tensorboard", "csv", "progress"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
@@ -245,7 +245,7 @@ def _register_avalanche() -> None:
 # streamcl modules that register components when imported.
 _MODULES = (
     "streamcl.optim",
-    "streamcl.benchmarks",
+    "streamcl.benchmarks.scenarios",
     "streamcl.models",
     "streamcl.plugins",
     "streamcl.plugins.raw_replay",

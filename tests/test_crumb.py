@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 
 import pytest
 import torch
@@ -246,11 +245,19 @@ def test_memory_in_bytes_and_distmatch_preset_from_model():
     bm = tiny_stream(size=32)
     strat.train(bm.train_stream[0])
     assert plugin.buffer.capacity == 10 and len(plugin.buffer) == 10
-    sq = CRUMBPlugin()
     from streamcl.models import squeezenet_cut
 
-    codec = sq.make_codec((96, 54, 54), squeezenet_cut(3, cut_layer=3))
-    assert abs(float((codec.memory == 0).float().mean()) - 0.25) < 0.05  # cut-3 preset
+    sq = squeezenet_cut(3, cut_layer=3)
+    codec = CRUMBPlugin().make_codec((96, 54, 54), sq)
+    assert not codec.is_fitted  # random trunk: distmatch statistics measured on the first batch
+    f = torch.relu(torch.randn(2, 96, 4, 4)) * 3.0
+    codec.fit(f)
+    assert abs(codec.init_sparsity - float((f == 0).float().mean())) < 1e-6
+    assert abs(codec.init_std - float(f[f > 0].pow(2).mean().sqrt())) < 1e-4
+    sq.meta["pretrained"] = True  # what squeezenet_cut(weights=...) records
+    codec = CRUMBPlugin().make_codec((96, 54, 54), sq)
+    assert codec.is_fitted and (codec.init_std, codec.init_sparsity) == (0.73, 0.25)  # the paper's cut-3 preset
+    assert abs(float((codec.memory == 0).float().mean()) - 0.25) < 0.05
 
 
 def test_state_dict_roundtrip_and_resume():
@@ -322,15 +329,19 @@ def test_crumb_strategy_and_registry():
     params = entry.parameters()
     assert "memory" in params and "n_blocks" in params and "model" not in params
     model = bn_model()
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
     strat = CRUMB(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
-                  eval_mb_size=8, evaluator=None, memory=8, n_blocks=16, block_dim=4)
+                  eval_mb_size=8, evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+                  memory=8, n_blocks=16, block_dim=4)
     assert isinstance(strat, Naive) and isinstance(strat.plugins[0], CRUMBPlugin)
     assert strat.latent_plugin is strat.plugins[0]
     bm = tiny_stream()
     for exp in bm.train_stream:
         strat.train(exp)
     res = strat.eval(bm.test_stream)
-    assert res
+    assert any(k.startswith("Top1_Acc_Stream") for k in res)
     with pytest.raises(TypeError):
         CRUMB(model=model, optimizer=strat.optimizer, not_a_key=1)
 
@@ -349,3 +360,21 @@ def test_eval_mask_and_direct_path():
     out = plugin.mask(direct)
     assert out.argmax(1).item() in (0, 1)
     assert isinstance(plugin, LatentReplayPlugin) and plugin.eval_path == "direct"
+
+
+def test_online_stream_mini_experiences():
+    """split_online_stream fires before/after_training_exp per mini-experience: storage and stride still work."""
+    from avalanche.benchmarks.scenarios.online import split_online_stream
+
+    bm = tiny_stream(n_per_class=6)
+    online = list(split_online_stream(bm.train_stream, experience_size=4, shuffle=False, access_task_boundaries=True))
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=6, n_blocks=16, block_dim=4, seed=0)
+    strat = naive(model, [plugin])
+    for sub in online:
+        strat.train(sub)
+        assert len(plugin.buffer) <= 6
+    assert plugin.policy.stride == max(1, 12 // 6)  # from the origin experience's length, not the mini one
+    assert set(plugin.buffer.items_per_class()) == {0, 1, 2, 3}
+    assert max(plugin.buffer.items_per_class().values()) <= 6 // 4
+    assert plugin.replay_steps > 0

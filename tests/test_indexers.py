@@ -17,6 +17,12 @@ def full_names():
     return {n: synthetic.full_size_names(n, seed=0) for n in ("toybox", "ilab2mlight", "core50")}
 
 
+@pytest.fixture(scope="module")
+def ilab_small_names():
+    """A third of a full iLab download: enough structure for order/seed checks, 3x faster."""
+    return synthetic.full_size_names("ilab2mlight", seed=1, scale=0.35)
+
+
 def _split_counts(df, test_sessions):
     test = df["session"].isin(test_sessions)
     return set(df[~test].groupby("class").size()), set(df[test].groupby("class").size())
@@ -51,9 +57,11 @@ def test_core50_full_size_totals(full_names):
 
 
 @pytest.mark.parametrize("name", ["toybox", "ilab2mlight", "core50"])
-def test_listing_order_does_not_matter(full_names, name):
+def test_listing_order_does_not_matter(full_names, ilab_small_names, name):
     m = {"toybox": toybox, "ilab2mlight": ilab, "core50": core50}[name]
-    names = list(full_names[name])
+    names = list(ilab_small_names if name == "ilab2mlight" else full_names[name])
+    if name == "core50":  # a subset is enough here (totals are checked above)
+        names = [n for n in names if n.startswith(("s1/", "s3/", "s7/"))]
     a = m.index_names(names, seed=3)
     random.Random(1).shuffle(names)
     b = m.index_names(names, seed=3)
@@ -81,7 +89,9 @@ def test_class_tables_are_fixed():
 
 def _tb(cat, nn, tr, n, sup=None):
     sup = sup or toybox.SUPERCATEGORY_OF[cat]
-    return [f"{sup}/{toybox.object_dir(cat, nn)}/{toybox.frame_name(cat, nn, tr, k)}" for k in range(1, n + 1)]
+    return [
+        f"{sup}/{toybox.object_dir(cat, nn)}/{toybox.frame_name(cat, nn, tr, k)}" for k in range(1, n + 1)
+    ]
 
 
 def _tb_object(cat, nn, lengths, sup=None):
@@ -118,7 +128,9 @@ def test_toybox_object_dropping_and_renumbering():
     mug = df[df["class"] == 2]
     assert not mug["im_path"].str.contains("mug_30_").any()
     duck = df[df["class"] == 5]
-    assert not duck["im_path"].str.contains("duck_04_").any() and duck["im_path"].str.contains("duck_30_").any()
+    assert (
+        not duck["im_path"].str.contains("duck_04_").any() and duck["im_path"].str.contains("duck_30_").any()
+    )
     # duck objects 5..30 are renumbered 4..29
     first = duck[duck["object"] == 4]["im_path"].iloc[0]
     assert "duck_05_pivothead" in first
@@ -157,7 +169,10 @@ def test_toybox_gap_in_frames_is_reported():
 
 
 def test_toybox_ignores_non_png_and_hidden():
-    names = _tb_object("cat", 1, [15] * 10) + ["animals/cat_01_pivothead/notes.txt", "animals/cat_01_pivothead/.x.png"]
+    names = _tb_object("cat", 1, [15] * 10) + [
+        "animals/cat_01_pivothead/notes.txt",
+        "animals/cat_01_pivothead/.x.png",
+    ]
     assert len(toybox.index_names(names, objects_per_class=29)) == 150
 
 
@@ -187,11 +202,14 @@ def test_ilab_ranking_after_each_step():
         assert r == list(range(r[0], r[0] + 3))
 
 
-def test_ilab_seed_changes_runs_only():
-    names = synthetic.full_size_names("ilab2mlight", seed=1)
+def test_ilab_seed_changes_runs_only(ilab_small_names):
+    names = ilab_small_names
     a, b = ilab.index_names(names, seed=0), ilab.index_names(names, seed=1)
-    assert len(a) == len(b) == 47_040
-    assert (a[["class", "object", "session", "im_num"]].values == b[["class", "object", "session", "im_num"]].values).all()
+    assert len(a) == len(b) > 10_000
+    assert (
+        a[["class", "object", "session", "im_num"]].values
+        == b[["class", "object", "session", "im_num"]].values
+    ).all()
     assert (a["im_path"] != b["im_path"]).any()
     pd.testing.assert_frame_equal(a, ilab.index_names(names, seed=0))
 
@@ -217,7 +235,9 @@ def test_ilab_many_bad_names_are_counted():
 def test_core50_sampling_and_errors():
     names = [core50.frame_path(2, 7, f) for f in range(3, 300)]
     df = core50.index_names(names)
-    assert len(df) == 15 and set(df["class"]) == {2} and set(df["object"]) == {2} and set(df["session"]) == {2}
+    assert (
+        len(df) == 15 and set(df["class"]) == {2} and set(df["object"]) == {2} and set(df["session"]) == {2}
+    )
     assert df["im_path"].iloc[0] == "s2/o7/C_02_07_010.png"
     with pytest.raises(DatasetError, match=r"s2/o7/C_02_07_050.png[\s\S]*lacks 1"):
         core50.index_names([n for n in names if not n.endswith("_050.png")])
@@ -267,7 +287,7 @@ def test_icub_first_day_without_left_camera_is_reported():
 
 
 def test_bounce_helper():
-    from streamcl.benchmarks._indexing import bounce
+    from streamcl.benchmarks.raw._indexing import bounce
 
     assert bounce(3, 8).tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
     assert bounce(1, 3).tolist() == [0, 0, 0]

@@ -13,8 +13,8 @@ from streamcl.errors import ConfigError, StreamclError
 from streamcl.models import SplitNet
 from streamcl.plugins.latent_replay import (
     ClassBalancedPolicy,
-    Codec,
     CodeBuffer,
+    Codec,
     IdentityCodec,
     LargestClassEvictionPolicy,
     LatentReplayPlugin,

@@ -87,8 +87,15 @@ def _strategy(plugin, *, lr=0.01, seed=0, mb=8, optimizer_cls=RecordingSGD):
     model = small_cnn_cut(4, width=8, seed=seed)  # 16 x 4 x 4 features at 16 x 16
     opt = optimizer_cls(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
     plugins = [plugin] if plugin is not None else []
-    return Naive(model=model, optimizer=opt, train_mb_size=mb, eval_mb_size=64, train_epochs=1,
-                 plugins=plugins, evaluator=None)
+    return Naive(
+        model=model,
+        optimizer=opt,
+        train_mb_size=mb,
+        eval_mb_size=64,
+        train_epochs=1,
+        plugins=plugins,
+        evaluator=None,
+    )
 
 
 def _plugin(**kw):
@@ -209,7 +216,7 @@ def test_per_class_lr_in_stream():
     s = _strategy(plugin)
     s.train(stream.train_stream[0])
     s.optimizer.log.clear()
-    s.train(stream.train_stream[1])
+    s.train(stream.train_stream[1], shuffle=False)  # stream order: 25 x class 2, then 25 x class 3
     steps = [lr for lr, has_grad in s.optimizer.log if has_grad]
     assert len(steps) == 50  # one step per new example; the template's own steps carry no gradient
     expected = [0.1 * 0.5 ** (k // 10) for k in range(25)] * 2  # class 2, then class 3 restarts at 0.1
@@ -306,19 +313,25 @@ def test_plugin_state_round_trip(stream):
 
 
 def test_remind_beats_naive_fine_tuning(stream):
+    old, new = stream.test_stream[:1], stream.test_stream[1:]
     naive = _strategy(None, lr=0.05)
     naive.train_epochs = 2
-    for exp in stream.train_stream:
-        naive.train(exp)
-    naive_acc = _accuracy(naive, stream.test_stream)
+    naive.train(stream.train_stream[0])
+    naive.train_epochs = 4  # fine-tune until the new classes are learnt
+    naive.train(stream.train_stream[1])
+    naive_all, naive_old = _accuracy(naive, stream.test_stream), _accuracy(naive, old)
 
-    plugin = _plugin(lr_schedule="constant", memory=40, n_replay=10)
+    plugin = _plugin(lr_schedule="constant", memory=40, n_replay=10)  # 2 base epochs, then 1 pass
     remind = _strategy(plugin, lr=0.05)
     for exp in stream.train_stream:
         remind.train(exp)
-    remind_acc = _accuracy(remind, stream.test_stream, plugin)
-    assert naive_acc <= 0.6  # fine-tuning forgot the base classes
-    assert remind_acc >= naive_acc + 0.25, (remind_acc, naive_acc)
+    remind_all, remind_old = _accuracy(remind, stream.test_stream, plugin), _accuracy(remind, old, plugin)
+    assert (
+        naive_old <= 0.25 and _accuracy(naive, new) >= 0.8
+    )  # fine-tuning learnt the new classes, forgot the old
+    assert _accuracy(remind, new, plugin) >= 0.8
+    assert remind_old >= 0.8
+    assert remind_all >= naive_all + 0.3, (remind_all, naive_all)
 
 
 def test_registered_and_needs_splitnet(stream):
@@ -326,7 +339,40 @@ def test_registered_and_needs_splitnet(stream):
 
     assert PLUGINS.get("remind").factory is REMINDPlugin
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
-    s = Naive(model=plain, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1), train_mb_size=8,
-              eval_mb_size=8, plugins=[_plugin()], evaluator=None)
+    s = Naive(
+        model=plain,
+        optimizer=torch.optim.SGD(plain.parameters(), lr=0.1),
+        train_mb_size=8,
+        eval_mb_size=8,
+        plugins=[_plugin()],
+        evaluator=None,
+    )
     with pytest.raises(StreamclError, match="SplitNet"):
         s.train(stream.train_stream[0])
+
+
+def test_base_train_trunk_then_frozen(stream):
+    plugin = _plugin(base_train_trunk=True, base_epochs=1)
+    s = _strategy(plugin)
+    w0 = s.model.trunk.conv1.weight.detach().clone()
+    s.train(stream.train_stream[0])
+    w1 = s.model.trunk.conv1.weight.detach().clone()
+    assert not torch.equal(w0, w1)  # the trunk trained during base initialisation
+    assert not any(p.requires_grad for p in s.model.trunk.parameters()) and s.model.freeze_trunk
+    s.train(stream.train_stream[1])
+    assert torch.equal(s.model.trunk.conv1.weight, w1)  # and stayed frozen while streaming
+
+
+def test_online_stream_initialises_after_the_whole_base_experience(stream):
+    from avalanche.benchmarks.scenarios.online import split_online_stream
+
+    online = list(split_online_stream(stream.train_stream, experience_size=16, shuffle=False,
+                                      access_task_boundaries=True))  # fmt: skip
+    plugin = _plugin(memory=60, base_epochs=1)
+    s = _strategy(plugin)
+    base = [e for e in online if e.origin_experience is stream.train_stream[0]]
+    for e in base[:-1]:
+        s.train(e)
+        assert not plugin.base_done and len(plugin.buffer or []) == 0
+    s.train(base[-1])
+    assert plugin.base_done and plugin.buffer.items_per_class() == {0: 40, 1: 20}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pandas as pd
 
-from streamcl.benchmarks import _indexing as ix
-from streamcl.benchmarks import _video
+from streamcl.benchmarks.raw import _indexing as ix
+from streamcl.benchmarks.raw import _video
 from streamcl.errors import DatasetError, StreamclError
 
 PathLike = Union[str, Path]
@@ -30,11 +31,21 @@ FORMAT = 1
 #: dataset name -> module holding its layout constants and indexer. (Loaded with importlib:
 #: ``streamcl.benchmarks`` exports scenario functions under the same names as these modules.)
 DATASETS: Dict[str, ModuleType] = {
-    name: importlib.import_module(f"streamcl.benchmarks.{mod}")
-    for name, mod in (("toybox", "toybox"), ("ilab2mlight", "ilab"), ("core50", "core50"), ("icubworld", "icubworld"))
+    name: importlib.import_module(f"streamcl.benchmarks.raw.{mod}")
+    for name, mod in (
+        ("toybox", "toybox"),
+        ("ilab2mlight", "ilab"),
+        ("core50", "core50"),
+        ("icubworld", "icubworld"),
+    )
 }
 PREPARERS = DATASETS
-ALIASES = {"ilab": "ilab2mlight", "ilab2m": "ilab2mlight", "icub": "icubworld", "icubworldtransf": "icubworld"}
+ALIASES = {
+    "ilab": "ilab2mlight",
+    "ilab2m": "ilab2mlight",
+    "icub": "icubworld",
+    "icubworldtransf": "icubworld",
+}
 
 
 def get_dataset(name: str) -> ModuleType:
@@ -66,9 +77,19 @@ def prepare(
     Problems (unreadable videos, odd names, missing folders) raise one DatasetError listing them.
     """
     mod = get_dataset(name)
+    valid = [p for p in inspect.signature(mod.index_names).parameters if p not in ("paths", "seed")]
+    if set(rules) - set(valid):
+        raise StreamclError(
+            f"{mod.NAME}: unknown balancing rule(s) {', '.join(sorted(set(rules) - set(valid)))}; valid: {', '.join(valid)}"
+        )
     root = ix.require_dir(raw_root, mod.NAME, mod.LAYOUT)
     out_dir = Path(out).expanduser() if out is not None else root
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(
+            f"cannot create the output folder {out_dir} ({e}); pass --out DIR to write elsewhere"
+        ) from e
     if mod.NAME == "toybox":
         extract_toybox(root, out_dir, workers=workers, progress=progress, frame_size=frame_size)
         df = mod.index(out_dir, seed=seed, progress=progress, **rules)
@@ -81,14 +102,21 @@ def prepare(
             f"{mod.NAME}: no image of {root} survives the balancing rules (too few objects/sessions/frames); "
             f"check that RAW_ROOT is the full dataset, expected layout: {mod.LAYOUT}"
         )
-    write_index(out_dir, mod.NAME, df, img_root, seed=seed, rules=rules)
+    try:
+        write_index(out_dir, mod.NAME, df, img_root, seed=seed, rules=rules)
+    except OSError as e:
+        raise DatasetError(
+            f"cannot write the index into {out_dir} ({e}); pass --out DIR to write it elsewhere"
+        ) from e
     if progress:
         print(dirmap_stats(df, test_sessions=mod.TEST_SESSIONS))
         print(f"{mod.NAME}: wrote {out_dir / DIRMAP_FILE} ({len(df)} images) and {out_dir / INDEX_FILE}")
     return out_dir
 
 
-def extract_toybox(raw_root: PathLike, out: PathLike, *, workers: int = 2, progress: bool = True, frame_size: int = 224) -> int:
+def extract_toybox(
+    raw_root: PathLike, out: PathLike, *, workers: int = 2, progress: bool = True, frame_size: int = 224
+) -> int:
     """Extract 1-fps frames of every Toybox session video into ``<out>/images`` (resumable); returns videos done now.
 
     With ``workers`` > 1 videos are decoded in that many processes (forked where the
@@ -111,7 +139,9 @@ def extract_toybox(raw_root: PathLike, out: PathLike, *, workers: int = 2, progr
         if not _video.is_done(d, v.stem, frame_size, existing[d]):
             todo.append((str(v.path), str(d), v.stem, frame_size, mod.EXTRACT_FPS, 1 if workers > 1 else 0))
     probs = ix.Problems(mod.NAME)
-    with tqdm(total=len(todo), desc="toybox: extracting frames", unit="video", disable=not progress or not todo) as bar:
+    with tqdm(
+        total=len(todo), desc="toybox: extracting frames", unit="video", disable=not progress or not todo
+    ) as bar:
         if workers <= 1 or len(todo) <= 1:
             _collect(map(_video.extract_job, todo), bar, probs)
         else:
@@ -198,22 +228,34 @@ def load_index(root: PathLike, expected: Optional[str] = None) -> Tuple[pd.DataF
             f"re-run `streamcl prepare {what} RAW_ROOT --out {root}`"
         ) from e
     if expected is not None and get_dataset(expected).NAME != name:
-        raise DatasetError(f"{meta_path}: indexes dataset {name!r}, not {expected!r}; point at a {expected} index")
+        raise DatasetError(
+            f"{meta_path}: indexes dataset {name!r}, not {expected!r}; point at a {expected} index"
+        )
     if int(meta.get("format", FORMAT)) > FORMAT:
-        raise DatasetError(f"{meta_path}: index format {meta['format']} is newer than this streamcl; upgrade streamcl")
+        raise DatasetError(
+            f"{meta_path}: index format {meta['format']} is newer than this streamcl; upgrade streamcl"
+        )
     if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: missing (the index in {root} is incomplete); re-run `streamcl prepare {name} RAW_ROOT --out {root}`")
+        raise DatasetError(
+            f"{csv_path}: missing (the index in {root} is incomplete); re-run `streamcl prepare {name} RAW_ROOT --out {root}`"
+        )
     data = csv_path.read_bytes()
     sha = meta.get("dirmap_sha256")
     if sha and hashlib.sha256(data).hexdigest() != sha:
-        raise DatasetError(f"{csv_path}: does not match {meta_path} (edited or half-written); re-run `streamcl prepare {name} RAW_ROOT --out {root}`")
+        raise DatasetError(
+            f"{csv_path}: does not match {meta_path} (edited or half-written); re-run `streamcl prepare {name} RAW_ROOT --out {root}`"
+        )
     df = load_dirmap(csv_path)
     if len(df) != n:
-        raise DatasetError(f"{csv_path}: has {len(df)} rows but {meta_path} says {n}; re-run `streamcl prepare {name} RAW_ROOT --out {root}`")
+        raise DatasetError(
+            f"{csv_path}: has {len(df)} rows but {meta_path} says {n}; re-run `streamcl prepare {name} RAW_ROOT --out {root}`"
+        )
     img = Path(img_rel)
     img = (img if img.is_absolute() else root / img).resolve()
     if not img.is_dir():
-        raise DatasetError(f"{meta_path}: image root {img} does not exist (moved?); re-run `streamcl prepare {name} RAW_ROOT --out {root}`")
+        raise DatasetError(
+            f"{meta_path}: image root {img} does not exist (moved?); re-run `streamcl prepare {name} RAW_ROOT --out {root}`"
+        )
     return df, img, name
 
 
@@ -231,7 +273,11 @@ def dirmap_stats(df: pd.DataFrame, test_sessions: Optional[Tuple[int, ...]] = No
     lines.append(
         f"{len(df)} images, {df['class'].nunique()} classes, {len(per_obj)} objects, {len(per_sess)} sessions"
     )
-    for label, s in (("objects per class", per_cls), ("sessions per object", per_obj), ("images per session", per_sess)):
+    for label, s in (
+        ("objects per class", per_cls),
+        ("sessions per object", per_obj),
+        ("images per session", per_sess),
+    ):
         lines.append(f"  {label}: min {s.min()}, mean {s.mean():.2f}, max {s.max()}")
     lines.append(f"  sessions: {', '.join(map(str, sorted(df['session'].unique())))}"
                  + (f" (test: {', '.join(map(str, test_sessions))})" if test_sessions else ""))  # fmt: skip
@@ -243,7 +289,9 @@ def dirmap_stats(df: pd.DataFrame, test_sessions: Optional[Tuple[int, ...]] = No
         "test": df[test].groupby("class").size(),
         "objects": per_cls,
     }).fillna(0).astype(int)  # fmt: skip
-    lines.append("  class" + (" name            " if names is not None else "") + "  images  train   test  objects")
+    lines.append(
+        "  class" + (" name            " if names is not None else "") + "  images  train   test  objects"
+    )
     for cls, r in counts.iterrows():
         nm = f" {str(names[cls])[:16]:<16}" if names is not None else ""
         lines.append(f"  {cls!s:>5}{nm}  {r['images']:>6} {r['train']:>6} {r['test']:>6} {r['objects']:>8}")

@@ -318,7 +318,7 @@ def _from_prepared(
     """Scenario over a directory written by ``streamcl prepare`` for ``dataset`` (its test sessions by default)."""
     from streamcl.benchmarks import prepare
 
-    mod = importlib.import_module(f"streamcl.benchmarks.{_DATASET_MODULES[dataset]}")
+    mod = importlib.import_module(f"streamcl.benchmarks.raw.{_DATASET_MODULES[dataset]}")
     if not Path(root).is_dir():
         raise DatasetError(
             f"{root}: {mod.NAME} root not found; prepare the dataset with "
@@ -479,7 +479,7 @@ def ensure_synthetic(
         raise DatasetError(
             f"unknown synthetic layout {layout!r}; choose one of {', '.join(_DATASET_MODULES)}"
         )
-    name = importlib.import_module(f"streamcl.benchmarks.{_DATASET_MODULES[layout]}").NAME
+    name = importlib.import_module(f"streamcl.benchmarks.raw.{_DATASET_MODULES[layout]}").NAME
     sizes = dict(n_classes=n_classes, n_objects=n_objects, image_size=image_size, seed=seed)
     key = hashlib.sha1(json.dumps([name, sizes], sort_keys=True).encode()).hexdigest()[:10]
     base = Path(root) / f"{layout}-{key}"

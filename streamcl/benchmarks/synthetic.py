@@ -25,7 +25,7 @@ with realistic irregularities, for checking that the indexers reproduce the publ
 from __future__ import annotations
 
 import colorsys
-import importlib
+import inspect
 import json
 import math
 import os
@@ -35,19 +35,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from streamcl.benchmarks.raw import core50 as core50_mod
+from streamcl.benchmarks.raw import icubworld as icub_mod
+from streamcl.benchmarks.raw import ilab as ilab_mod
+from streamcl.benchmarks.raw import toybox as toybox_mod
 from streamcl.errors import DatasetError, StreamclError
-
-# importlib, not `from streamcl.benchmarks import toybox`: the package exports scenario
-# functions under the same names as these modules.
-core50_mod = importlib.import_module("streamcl.benchmarks.core50")
-icub_mod = importlib.import_module("streamcl.benchmarks.icubworld")
-ilab_mod = importlib.import_module("streamcl.benchmarks.ilab")
-toybox_mod = importlib.import_module("streamcl.benchmarks.toybox")
 
 MARKER = ".streamcl_synthetic.json"
 _PARTIAL = ".streamcl_synthetic.partial.json"
 NAMES = ("toybox", "ilab2mlight", "core50", "icubworld")
 _ALIASES = {"ilab": "ilab2mlight", "icub": "icubworld", "icubworldtransf": "icubworld"}
+#: name: (max classes, max sessions) of the real layout
+_LIMITS = {"toybox": (12, 10), "ilab2mlight": (14, 60), "core50": (10, 11), "icubworld": (20, 5)}
 _DEFAULTS = {
     # name: (n_classes, n_sessions, n_frames)
     "toybox": (4, 10, 15),  # n_frames: seconds per video
@@ -69,7 +68,20 @@ def _poly(kind: str, r: float) -> np.ndarray:
         rad = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
     elif kind == "cross":
         w = 0.35 * r
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        pts = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
         return np.array(pts, dtype=np.float64)
     else:
         n = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6, "circle": 28}[kind]
@@ -82,7 +94,9 @@ def _rgb(h: float, s: float, v: float) -> Tuple[int, int, int]:
     return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))  # type: ignore[return-value]
 
 
-def render(cls: int, obj: int, session: int, t: float, *, size: int = 64, motion: Optional[str] = None, seed: int = 0) -> np.ndarray:
+def render(
+    cls: int, obj: int, session: int, t: float, *, size: int = 64, motion: Optional[str] = None, seed: int = 0
+) -> np.ndarray:
     """One frame (size x size x 3 uint8) of object ``obj`` of class ``cls`` in ``session`` at clip time t in [0, 1].
 
     Deterministic in its arguments. Class: shape and hue; object: hue offset, size, inner
@@ -174,9 +188,21 @@ def generate(
         "seed": int(seed),
         **kw,
     }
-    n_max = {"toybox": 12, "ilab2mlight": 14, "core50": 10, "icubworld": 20}[name]
-    if not 1 <= params["n_classes"] <= n_max:
-        raise StreamclError(f"synthetic {name}: n_classes must be 1..{n_max}, got {params['n_classes']}")
+    gen = _GENERATORS[name]
+    extra = inspect.signature(gen).parameters
+    unknown = [k for k in kw if k not in extra or k == "root"]
+    if unknown:
+        options = [k for k in extra if k not in ("root", *params)]
+        raise StreamclError(
+            f"synthetic {name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(options)}"
+        )
+    c_max, s_max = _LIMITS[name]
+    if not 1 <= params["n_classes"] <= c_max:
+        raise StreamclError(f"synthetic {name}: n_classes must be 1..{c_max}, got {params['n_classes']}")
+    if not 1 <= params["n_sessions"] <= s_max:
+        raise StreamclError(f"synthetic {name}: n_sessions must be 1..{s_max}, got {params['n_sessions']}")
+    if params["n_objects"] < 1 or params["n_frames"] < 1 or params["image_size"] < 8:
+        raise StreamclError(f"synthetic {name}: n_objects and n_frames must be >= 1 and image_size >= 8")
     root = Path(root)
     marker, partial = root / MARKER, root / _PARTIAL
     if marker.is_file():
@@ -194,7 +220,7 @@ def generate(
         raise DatasetError(f"{root} is not empty and is not a synthetic tree; choose an empty or new folder.")
     root.mkdir(parents=True, exist_ok=True)
     _write_json(partial, params)
-    _GENERATORS[name](root, **{k: v for k, v in params.items() if k != "name"})
+    gen(root, **{k: v for k, v in params.items() if k != "name"})
     _write_json(marker, params)
     partial.unlink()
     return root
@@ -271,7 +297,9 @@ def _toybox(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_siz
                 write_video(path, frames, fps)
 
 
-def _ilab(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True) -> None:
+def _ilab(
+    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True
+) -> None:
     img = root / ilab_mod.IMAGES_DIR
     img.mkdir(parents=True, exist_ok=True)
     classes = sorted(ilab_mod.CLASSES, key=ilab_mod.CLASSES.get)[:n_classes]
@@ -290,11 +318,15 @@ def _ilab(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size,
             short = extras and bi == 2  # this background is too short: dropped before ranking
             shots = [(c, r) for c in range(n_cam) for r in range(1, 9)][: (8 if short else n_frames)]
             for k, (cam, rot) in enumerate(shots):
-                arr = render(ci, inst, bi, k / max(1, len(shots) - 1), size=image_size, motion="rz", seed=seed)
+                arr = render(
+                    ci, inst, bi, k / max(1, len(shots) - 1), size=image_size, motion="rz", seed=seed
+                )
                 _save(arr, img / ilab_mod.image_name(cls, inst, b, cam, rot))
 
 
-def _core50(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True) -> None:
+def _core50(
+    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True
+) -> None:
     if n_objects > core50_mod.OBJECTS_PER_CLASS:
         raise StreamclError(f"synthetic core50: n_objects must be <= {core50_mod.OBJECTS_PER_CLASS}")
     img = root / core50_mod.IMAGES_DIR
@@ -309,7 +341,9 @@ def _core50(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_siz
                     _save(arr, img / core50_mod.frame_path(s, o, f))
 
 
-def _icub(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True) -> None:
+def _icub(
+    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True
+) -> None:
     cats = sorted(icub_mod.CLASSES, key=icub_mod.CLASSES.get)[:n_classes]
     sessions = list(icub_mod.SESSIONS)[:n_sessions]
     for ci, cat in enumerate(cats):
@@ -324,7 +358,9 @@ def _icub(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size,
                     m = n if day == "day3" else 3
                     for cam in cams:
                         for k in range(m):
-                            arr = render(ci, i, si, k / max(1, m - 1), size=image_size, seed=seed + (cam == "right"))
+                            arr = render(
+                                ci, i, si, k / max(1, m - 1), size=image_size, seed=seed + (cam == "right")
+                            )
                             _save(arr, sdir / day / cam / f"{1000 + 3 * k:08d}.jpg")
 
 
@@ -355,7 +391,9 @@ def full_size_names(name: str, seed: int = 0, *, scale: float = 1.0) -> List[str
         return _ilab_names(rng, scale)
     if name == "core50":
         return _core50_names(rng)
-    raise StreamclError(f"full_size_names: no full-size model for {name!r} (choose toybox, ilab2mlight or core50)")
+    raise StreamclError(
+        f"full_size_names: no full-size model for {name!r} (choose toybox, ilab2mlight or core50)"
+    )
 
 
 def _toybox_names(rng: np.random.Generator) -> List[str]:
@@ -370,7 +408,12 @@ def _toybox_names(rng: np.random.Generator) -> List[str]:
             for tr in transforms:
                 if nn == broken and tr == "tz":
                     continue
-                seconds = int(rng.choice([8, 9, 12, 14, 15, 17, 19, 21, 25], p=[.04, .06, .1, .1, .1, .15, .2, .15, .1]))
+                seconds = int(
+                    rng.choice(
+                        [8, 9, 12, 14, 15, 17, 19, 21, 25],
+                        p=[0.04, 0.06, 0.1, 0.1, 0.1, 0.15, 0.2, 0.15, 0.1],
+                    )
+                )
                 d = f"{sup}/{toybox_mod.object_dir(cat, nn)}"
                 out += [f"{d}/{toybox_mod.frame_name(cat, nn, tr, k)}" for k in range(1, seconds + 1)]
     return out

@@ -4,10 +4,14 @@
 - Cut factories (registered model names in experiment YAMLs): :func:`squeezenet_cut`
   (CRUMB), :func:`resnet18_cut` (REMIND), :func:`mobilenetv2_cut` (ablation),
   :func:`small_cnn_cut` (tiny CPU demo/test model).
-- :class:`MemoryBlockCodec` (alias ``CRUMBCodec``): CRUMB's learned codebook of memory blocks.
+- Codecs (:class:`Codec` interface): :class:`MemoryBlockCodec` (alias ``CRUMBCodec``),
+  CRUMB's learned codebook of memory blocks; :class:`PQCodec`, REMIND's faiss
+  product quantiser (faiss imported only when used); :class:`IdentityCodec`.
 """
 
 from streamcl.models.codebook import CRUMBCodec, MemoryBlockCodec
+from streamcl.models.codec import Codec, IdentityCodec
+from streamcl.models.pq import PQCodec
 from streamcl.models.splitnet import (
     SplitNet,
     is_splitnet,
@@ -24,6 +28,9 @@ __all__ = [
     "resnet18_cut",
     "mobilenetv2_cut",
     "small_cnn_cut",
+    "Codec",
+    "IdentityCodec",
     "MemoryBlockCodec",
     "CRUMBCodec",
+    "PQCodec",
 ]

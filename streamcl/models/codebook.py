@@ -16,7 +16,6 @@ that were used).
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Literal, Optional, Sequence, Tuple
 
@@ -60,6 +59,12 @@ class MemoryBlockCodec(Codec):
         feature batch passed to :meth:`fit`; unfitted until then).
     :param init_std: std of the distmatch init (default: 14*5/3 for SqueezeNet cut 12).
     :param init_sparsity: zeroed fraction of the sparse distmatch init (default 0.64).
+    :param match_features: distmatch init whose ``std`` / ``sparsity`` (those not
+        given explicitly) are measured on the first feature batch passed to
+        :meth:`fit`: ``std`` = root mean square of the non-zero feature values
+        (the rms of ``|N(0, std^2)|`` is ``std``), ``sparsity`` = fraction of zero
+        values. The codec stays unfitted until then. Use it for trunks whose
+        statistics differ from the paper's pretrained SqueezeNet.
     :param seed: seed of the initialisation (None: torch's global RNG).
     """
 
@@ -71,6 +76,7 @@ class MemoryBlockCodec(Codec):
         init: InitName = "distmatch_sparse",
         init_std: Optional[float] = None,
         init_sparsity: Optional[float] = None,
+        match_features: bool = False,
         seed: Optional[int] = None,
     ):
         super().__init__()
@@ -84,6 +90,9 @@ class MemoryBlockCodec(Codec):
         self.block_dim = int(block_dim)
         self.init = init
         std0, sp0 = DISTMATCH_PRESETS[_DEFAULT_PRESET]
+        self.match_features = bool(match_features) and init in ("distmatch_sparse", "distmatch_dense")
+        self._match_std = self.match_features and init_std is None
+        self._match_sparsity = self.match_features and init_sparsity is None and init == "distmatch_sparse"
         self.init_std = float(std0 if init_std is None else init_std)
         self.init_sparsity = float(sp0 if init_sparsity is None else init_sparsity)
         if not 0.0 <= self.init_sparsity < 1.0:
@@ -102,8 +111,9 @@ class MemoryBlockCodec(Codec):
             g.manual_seed(int(seed))
         else:
             g.manual_seed(int(torch.randint(2**62, (1,)).item()))
+        self._init_generator = g
         self.memory = nn.Parameter(self._initial_rows(g))
-        self.register_buffer("_fitted", torch.tensor(init != "first_batch"))
+        self.register_buffer("_fitted", torch.tensor(init != "first_batch" and not self.match_features))
 
     # ------------------------------------------------------------------ init
     def _initial_rows(self, g: torch.Generator) -> Tensor:
@@ -124,8 +134,20 @@ class MemoryBlockCodec(Codec):
         return bool(self._fitted.item())
 
     def fit(self, features: Tensor, generator: Optional[torch.Generator] = None) -> None:
-        """``init="first_batch"``: set the rows to random chunks of ``features``; no-op otherwise."""
-        if self.init != "first_batch" or self.is_fitted:
+        """Data-dependent init on a first feature batch: ``init="first_batch"`` (rows = random chunks)
+        or ``match_features`` (distmatch with measured std / sparsity); no-op once fitted."""
+        if self.is_fitted:
+            return
+        if self.match_features:
+            f = features.detach().float()
+            nz = f[f != 0]
+            if self._match_std and nz.numel():
+                self.init_std = float(nz.pow(2).mean().sqrt())
+            if self._match_sparsity:
+                self.init_sparsity = min(float((f == 0).float().mean()), 0.99)
+            with torch.no_grad():
+                self.memory.copy_(self._initial_rows(generator or self._init_generator).to(self.memory.device))
+                self._fitted.fill_(True)
             return
         chunks = self._chunks(features.detach()).reshape(-1, self.block_dim)
         n = chunks.shape[0]
@@ -185,7 +207,10 @@ class MemoryBlockCodec(Codec):
         return rows.reshape(n, h, w, k * self.block_dim).permute(0, 3, 1, 2).contiguous()
 
     def extra_repr(self) -> str:
-        return f"n_blocks={self.n_blocks}, block_dim={self.block_dim}, init={self.init}, codes={self.code_dtype}"
+        return (
+            f"n_blocks={self.n_blocks}, block_dim={self.block_dim}, init={self.init}, "
+            f"std={self.init_std:.3g}, sparsity={self.init_sparsity:.3g}, codes={self.code_dtype}"
+        )
 
 
 CRUMBCodec = MemoryBlockCodec

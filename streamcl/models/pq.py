@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from streamcl.errors import StreamclError, missing_extra
 from streamcl.models.codec import Codec
@@ -113,7 +113,9 @@ class PQCodec(Codec):
         if not (isinstance(num_codebooks, int) and num_codebooks > 0):
             raise PQConfigError(f"num_codebooks (M) must be a positive integer, got {num_codebooks!r}")
         if not (isinstance(nbits, int) and 1 <= nbits <= 8):
-            raise PQConfigError(f"nbits must be an integer in 1..8 (codes are stored as uint8), got {nbits!r}")
+            raise PQConfigError(
+                f"nbits must be an integer in 1..8 (codes are stored as uint8), got {nbits!r}"
+            )
         if use_gpu not in ("auto", True, False):
             raise PQConfigError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
         self.num_codebooks = num_codebooks
@@ -212,9 +214,13 @@ class PQCodec(Codec):
         pq.cp.min_points_per_centroid = 1
         if self._wants_gpu(features):
             # k-means assignment on the GPU; centroids stay in the CPU quantiser.
-            pq.assign_index = faiss.GpuIndexFlatL2(self._gpu_resources(), pq.dsub)
-        pq.train(vectors.cpu().numpy())
-        pq.assign_index = None
+            # (keep a Python reference: the quantiser does not own the index)
+            gpu_index = faiss.GpuIndexFlatL2(self._gpu_resources(), pq.dsub)
+            pq.assign_index = gpu_index
+        try:
+            pq.train(vectors.cpu().numpy())
+        finally:
+            pq.assign_index = None
         table = faiss.vector_to_array(pq.centroids).reshape(self.num_codebooks, pq.ksub, pq.dsub)
         self.centroids = torch.from_numpy(table.copy()).to(features.device)
         self._pq = pq
@@ -227,7 +233,9 @@ class PQCodec(Codec):
             m, ksub, dsub = self.centroids.shape
             pq = self._faiss.ProductQuantizer(m * dsub, m, self.nbits)
             if pq.ksub != ksub:
-                raise ValueError(f"centroid table has {ksub} rows per sub-quantiser, nbits={self.nbits} needs {pq.ksub}")
+                raise ValueError(
+                    f"centroid table has {ksub} rows per sub-quantiser, nbits={self.nbits} needs {pq.ksub}"
+                )
             flat = self.centroids.detach().cpu().float().contiguous().numpy().reshape(-1)
             self._faiss.copy_array_to_vector(flat, pq.centroids)
             self._pq = pq
@@ -305,7 +313,9 @@ class PQCodec(Codec):
         return self.reconstruct(features)
 
     # ------------------------------------------------------------------ state
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         key = prefix + "centroids"
         if key in state_dict:
             table = state_dict[key]

@@ -72,14 +72,14 @@ class SplitNet(nn.Module):
         return self.head(f)
 
     # ------------------------------------------------------------------ modes
-    def train(self, mode: bool = True) -> "SplitNet":
+    def train(self, mode: bool = True) -> SplitNet:
         super().train(mode)
         if self.freeze_trunk:
             self.trunk.eval()
         return self
 
     @contextlib.contextmanager
-    def hooked(self, hook: Optional[FeatureHook]) -> Iterator["SplitNet"]:
+    def hooked(self, hook: Optional[FeatureHook]) -> Iterator[SplitNet]:
         """Context manager: run ``forward`` with ``f = hook(trunk(x))`` in between."""
         prev = self.feature_hook
         self.feature_hook = hook
@@ -96,6 +96,18 @@ class SplitNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"freeze_trunk={self.freeze_trunk}" + (f", meta={self.meta}" if self.meta else "")
+
+
+def classifier_prefix(model: nn.Module) -> Optional[str]:
+    """State-dict prefix of the final classifier (``meta["classifier_prefix"]`` or the head's last weight)."""
+    meta = getattr(model, "meta", None) or {}
+    if meta.get("classifier_prefix"):
+        return str(meta["classifier_prefix"])
+    last = None
+    for name, _ in model.named_parameters():
+        if name.startswith("head.") and name.endswith("weight"):
+            last = name
+    return last[: -len("weight")] if last else None
 
 
 def is_splitnet(model: Any) -> bool:
@@ -142,21 +154,28 @@ def _build_from_torchvision(
     weights_enum: Any,
     num_classes: Optional[int] = None,
 ) -> SplitNet:
-    """Build a torchvision model, load weights (hub / full-model file / SplitNet file) and split it."""
+    """Build a torchvision model, load weights (hub / full-model file / SplitNet file) and split it.
+
+    ``meta["pretrained"]`` records whether the trunk carries trained weights.
+    """
     w = resolve_weights(weights)
     if w == "imagenet":
-        return split(torchvision_pretrained(builder, weights_enum, arch))
-    # Randomly initialised model; sized for num_classes so a file with that many classes keeps its classifier.
-    full = builder(weights=None, **({"num_classes": num_classes} if num_classes else {}))
-    if w is None:
-        return split(full)
-    state = read_state_dict(w)
-    if is_splitnet_state(state):
-        net = split(full)
-        load_matching(net, state, path=w, optional_prefixes=(net.meta["classifier_prefix"],))
-        return net
-    load_matching(full, state, path=w, optional_prefixes=(full_classifier_prefix,))
-    return split(full)
+        net = split(torchvision_pretrained(builder, weights_enum, arch))
+    else:
+        # Random init, sized for num_classes so a file with that many classes keeps its classifier.
+        full = builder(weights=None, **({"num_classes": num_classes} if num_classes else {}))
+        if w is None:
+            net = split(full)
+        else:
+            state = read_state_dict(w)
+            if is_splitnet_state(state):
+                net = split(full)
+                load_matching(net, state, path=w, optional_prefixes=(net.meta["classifier_prefix"],))
+            else:
+                load_matching(full, state, path=w, optional_prefixes=(full_classifier_prefix,))
+                net = split(full)
+    net.meta["pretrained"] = w is not None
+    return net
 
 
 @register_model("squeezenet_cut")
@@ -361,4 +380,5 @@ def small_cnn_cut(
                             "use weights: null or a local SplitNet state_dict file")
     if w is not None:
         load_matching(net, read_state_dict(w), path=w, optional_prefixes=("head.fc.",))
+    net.meta["pretrained"] = w is not None
     return net

@@ -5,11 +5,12 @@ configurations (see :mod:`streamcl.plugins.latent_replay`); they work with
 ``avalanche.training.Naive`` next to Avalanche's own plugins.
 """
 
+from streamcl.plugins.crumb import CRUMBPlugin
 from streamcl.plugins.latent_replay import (
     BufferPolicy,
     ClassBalancedPolicy,
-    Codec,
     CodeBuffer,
+    Codec,
     LargestClassEvictionPolicy,
     LatentReplayPlugin,
     MemoryBudget,
@@ -18,16 +19,7 @@ from streamcl.plugins.latent_replay import (
     parse_memory,
     reconstructed_accuracy_metrics,
 )
-
-try:
-    from streamcl.plugins.crumb import CRUMBPlugin
-except ImportError:  # pragma: no cover - transient while crumb.py is being written
-    pass
-
-try:
-    from streamcl.plugins.remind import REMINDPlugin
-except ImportError:  # pragma: no cover - transient while remind.py is being written
-    pass
+from streamcl.plugins.remind import REMINDPlugin
 
 __all__ = [
     "CRUMBPlugin",

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
-from streamcl.models.codebook import INITS, MemoryBlockCodec, distmatch_preset
-from streamcl.models.splitnet import is_splitnet
+from streamcl.models.codebook import DISTMATCH_PRESETS, INITS, MemoryBlockCodec, distmatch_preset
+from streamcl.models.splitnet import classifier_prefix, is_splitnet
 from streamcl.models.weights import load_matching
 from streamcl.plugins.latent_replay import LatentReplayPlugin, _splitnet_or_raise
 from streamcl.registry import register_plugin
@@ -193,7 +193,7 @@ def load_crumb_pretrained(
     if model is not None:
         if state is None:
             raise CheckpointError(f"{path}: holds no model weights (it was saved with model=None)")
-        prefix = (getattr(model, "meta", {}) or {}).get("classifier_prefix")
+        prefix = classifier_prefix(model)
         load_matching(model, state, path=p, optional_prefixes=(prefix,) if prefix else ())
     return codec, state
 
@@ -216,9 +216,11 @@ class CRUMBPlugin(LatentReplayPlugin):
     :param block_dim: codebook row length L (16; must divide the trunk's channels).
     :param init: codebook init: ``distmatch_sparse`` (default), ``distmatch_dense``,
         ``normal``, ``uniform``, ``first_batch``.
-    :param init_std: std of the distmatch init (default from the cut: 14*5/3 for
-        SqueezeNet cut 12, 0.73 for cut 3).
-    :param init_sparsity: zeroed fraction of the sparse distmatch init (0.64 cut 12, 0.25 cut 3).
+    :param init_std: std of the distmatch init. Default: the paper's value for a
+        pretrained SqueezeNet cut (14*5/3 at cut 12, 0.73 at cut 3); for other or
+        randomly initialised trunks, measured on the first feature batch.
+    :param init_sparsity: zeroed fraction of the sparse distmatch init (0.64 cut 12,
+        0.25 cut 3; otherwise measured like ``init_std``).
     :param freeze_memory: ablation: the codebook never changes.
     :param direct_loss_only: ablation: train new data on ``head(f)`` instead of the reconstruction.
     :param plus_direct_loss: ablation: add ``CE(head(f))`` to the reconstructed-path loss.
@@ -301,14 +303,25 @@ class CRUMBPlugin(LatentReplayPlugin):
 
     # ------------------------------------------------------------------ codec
     def make_codec(self, feature_shape: Tuple[int, int, int], model: nn.Module) -> MemoryBlockCodec:
-        """Build the codebook; distmatch std/sparsity default to the model's cut (``model.meta["cut"]``)."""
-        std, sparsity = distmatch_preset((getattr(model, "meta", {}) or {}).get("cut"))
+        """Build the codebook.
+
+        Distmatch std / sparsity not given explicitly come from the paper's preset
+        when the model is a pretrained cut that has one (SqueezeNet cut 12 / 3,
+        ``model.meta["cut"]`` and ``meta["pretrained"]``); otherwise they are
+        measured on the first feature batch (``match_features``), since a random
+        or unfamiliar trunk has other feature statistics.
+        """
+        meta = getattr(model, "meta", {}) or {}
+        cut = meta.get("cut")
+        use_preset = cut in DISTMATCH_PRESETS and bool(meta.get("pretrained", False))
+        std, sparsity = distmatch_preset(cut) if use_preset else (None, None)
         codec = MemoryBlockCodec(
             self.n_blocks,
             self.block_dim,
             init=self.init,  # type: ignore[arg-type]
             init_std=self.init_std if self.init_std is not None else std,
             init_sparsity=self.init_sparsity if self.init_sparsity is not None else sparsity,
+            match_features=not use_preset,
             seed=self.seed,
         )
         if feature_shape is not None:

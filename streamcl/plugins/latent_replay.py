@@ -61,14 +61,12 @@ from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequen
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics.accuracy import AccuracyPluginMetric
 from torch import Tensor, nn
 
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
 from streamcl.utils import parse_bytes
-
-from avalanche.core import SupervisedPlugin
-from avalanche.evaluation.metrics.accuracy import AccuracyPluginMetric
 
 __all__ = [
     "Codec",
@@ -195,11 +193,11 @@ class BufferPolicy:
     name = "base"
 
     def begin_experience(
-        self, buffer: "CodeBuffer", *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
+        self, buffer: CodeBuffer, *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
     ) -> None:
         """Called by the plugin before an experience is walked/trained (stream length, its classes)."""
 
-    def add(self, buffer: "CodeBuffer", codes: Tensor, labels: Tensor) -> None:  # pragma: no cover
+    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def state_dict(self) -> Dict[str, Any]:
@@ -230,7 +228,7 @@ class ClassBalancedPolicy(BufferPolicy):
         self._counters: Dict[int, int] = {}
 
     def begin_experience(
-        self, buffer: "CodeBuffer", *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
+        self, buffer: CodeBuffer, *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
     ) -> None:
         if self.fixed_stride:
             self.stride = max(1, int(self.fixed_stride))
@@ -249,10 +247,10 @@ class ClassBalancedPolicy(BufferPolicy):
                 s.add(int(c))
                 self.seen.append(int(c))
 
-    def quota(self, buffer: "CodeBuffer") -> int:
+    def quota(self, buffer: CodeBuffer) -> int:
         return buffer.capacity // len(self.seen) if self.seen else buffer.capacity
 
-    def shrink(self, buffer: "CodeBuffer") -> None:
+    def shrink(self, buffer: CodeBuffer) -> None:
         """Truncate every stored class to the current quota by random removal."""
         q = self.quota(buffer)
         drop: List[Tensor] = []
@@ -264,7 +262,7 @@ class ClassBalancedPolicy(BufferPolicy):
         if drop:
             buffer.remove(torch.cat(drop))
 
-    def add(self, buffer: "CodeBuffer", codes: Tensor, labels: Tensor) -> None:
+    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
         if len(labels) == 0:
             return
         self.observe_classes(torch.unique(labels).tolist())
@@ -327,7 +325,7 @@ class LargestClassEvictionPolicy(BufferPolicy):
 
     name = "largest_class"
 
-    def add(self, buffer: "CodeBuffer", codes: Tensor, labels: Tensor) -> None:
+    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
         n = len(labels)
         i = 0
         free = buffer.capacity - len(buffer)
@@ -429,7 +427,7 @@ class CodeBuffer:
         code_dtype: torch.dtype = torch.uint8,
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
-    ) -> "CodeBuffer":
+    ) -> CodeBuffer:
         """Buffer sized by a budget in items or bytes (bytes count codes + label of each item)."""
         budget = parse_memory(memory)
         cap = budget.capacity(cls.item_nbytes(code_shape, code_dtype))
@@ -614,7 +612,7 @@ class CodeBuffer:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], policy: Union[str, BufferPolicy, None] = None,
-                        *, device: Union[str, torch.device] = "cpu") -> "CodeBuffer":
+                        *, device: Union[str, torch.device] = "cpu") -> CodeBuffer:
         buf = cls(
             int(state["capacity"]),
             tuple(state["code_shape"]),
@@ -1184,7 +1182,8 @@ class LatentReplayPlugin(SupervisedPlugin):
         if not codec.is_fitted and self.fit_codec_on == "first_batch":  # type: ignore[union-attr]
             codec.fit(fd)  # type: ignore[union-attr]
         self._feats = fd
-        self._codes = self.encode(fd) if codec.is_fitted else None  # type: ignore[union-attr]
+        need_codes = self.train_path != "direct" or self.store == "stream"
+        self._codes = self.encode(fd) if need_codes and codec.is_fitted else None  # type: ignore[union-attr]
         if self.train_path == "direct" or self._codes is None:
             new = f
         else:

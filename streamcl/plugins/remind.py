@@ -73,7 +73,9 @@ class PerClassStepLR:
     again resumes its own decayed lr (as the authors' per-class schedulers do).
     """
 
-    def __init__(self, max_lr: float = 0.1, min_lr: float = 0.001, gamma: float = 0.7017, step_size: int = 100):
+    def __init__(
+        self, max_lr: float = 0.1, min_lr: float = 0.001, gamma: float = 0.7017, step_size: int = 100
+    ):
         if not (max_lr > 0 and 0 <= min_lr <= max_lr and 0 < gamma <= 1 and step_size >= 1):
             raise ConfigError(
                 f"per-class lr needs max_lr > 0, 0 <= min_lr <= max_lr, 0 < lr_gamma <= 1, lr_step >= 1 "
@@ -188,7 +190,9 @@ class REMINDPlugin(LatentReplayPlugin):
         if base_epochs is not None and int(base_epochs) < 1:
             raise ConfigError(f"base_epochs must be >= 1 (or null), got {base_epochs}", key="base_epochs")
         if len(tuple(crop_scale)) != 2 or not 0 < float(crop_scale[0]) <= float(crop_scale[1]) <= 1:
-            raise ConfigError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {crop_scale}", key="crop_scale")
+            raise ConfigError(
+                f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {crop_scale}", key="crop_scale"
+            )
         if int(pq_train_vectors) < 2**nbits:
             raise ConfigError(f"pq_train_vectors must be >= 2**nbits = {2**nbits}", key="pq_train_vectors")
         # Built now, so a missing faiss fails when REMIND is constructed (naming the extra).
@@ -223,7 +227,9 @@ class REMINDPlugin(LatentReplayPlugin):
         self.n_replay = int(n_replay)
         self.batched_replay = batched_replay
         self.lr_schedule = lr_schedule
-        self.lr_scheduler = PerClassStepLR(max_lr, min_lr, lr_gamma, lr_step) if lr_schedule == "per_class" else None
+        self.lr_scheduler = (
+            PerClassStepLR(max_lr, min_lr, lr_gamma, lr_step) if lr_schedule == "per_class" else None
+        )
         self.crop_new = bool(crop_new)
         self.base_epochs = None if base_epochs is None else int(base_epochs)
         self.base_train_trunk = bool(base_train_trunk)
@@ -255,6 +261,7 @@ class REMINDPlugin(LatentReplayPlugin):
             model.freeze_trunk = False
             for p in model.trunk.parameters():
                 p.requires_grad_(True)
+            model.train()  # the trunk leaves eval mode too (BatchNorm statistics adapt to the base data)
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, *args, **kwargs)
@@ -316,7 +323,9 @@ class REMINDPlugin(LatentReplayPlugin):
                         v = v[torch.randperm(len(v), generator=self.generator)[:k].to(v.device)]
                     vecs.append(v.cpu())
                 if not vecs:
-                    raise ConfigError("REMIND base initialisation: the first experience holds no data", key="memory")
+                    raise ConfigError(
+                        "REMIND base initialisation: the first experience holds no data", key="memory"
+                    )
                 train = torch.cat(vecs)[: self.pq_train_vectors]
                 self.codec.fit(train[:, :, None, None].to(strategy.device))  # type: ignore[union-attr]
             for x, y in self._iterate_experience(strategy, dataset):
@@ -374,7 +383,10 @@ class REMINDPlugin(LatentReplayPlugin):
             x = new_feats[i : i + 1]
             if self.crop_new:
                 x = random_resized_crop_features(
-                    x, scale=self.crop_scale, ratio=self.crop_ratio, generator=self.generator  # type: ignore[arg-type]
+                    x,
+                    scale=self.crop_scale,
+                    ratio=self.crop_ratio,
+                    generator=self.generator,  # type: ignore[arg-type]
                 )
             ya, yb, lam = y, y, 1.0
             replay = self.draw_replay(strategy.device)

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Type
 
 from avalanche.training import Naive
 
 from streamcl.plugins.crumb import CRUMBPlugin
 from streamcl.plugins.latent_replay import LatentReplayPlugin
+from streamcl.plugins.remind import REMINDPlugin
 from streamcl.registry import register_strategy
-
-try:  # REMIND's plugin is written alongside; the strategy appears as soon as it imports.
-    from streamcl.plugins.remind import REMINDPlugin
-except ImportError:  # pragma: no cover - transient
-    REMINDPlugin = None  # type: ignore[assignment,misc]
 
 __all__ = ["CRUMB", "REMIND", "latent_replay_strategy"]
 
@@ -96,18 +92,15 @@ CRUMB = register_strategy("crumb")(
     )
 )
 
-if REMINDPlugin is not None:
-    REMIND = register_strategy("remind")(
-        latent_replay_strategy(
-            "REMIND",
-            REMINDPlugin,
-            """REMIND strategy: Naive training of a SplitNet's head + REMINDPlugin (PQ latent replay).
+REMIND = register_strategy("remind")(
+    latent_replay_strategy(
+        "REMIND",
+        REMINDPlugin,
+        """REMIND strategy: Naive training of a SplitNet's head + REMINDPlugin (PQ latent replay).
 
-            Keyword arguments: those of ``avalanche.training.Naive`` and of
-            :class:`streamcl.plugins.REMINDPlugin`. REMIND streams one example per
-            step: use ``train_mb_size=1``.
-            """,
-        )
+        Keyword arguments: those of ``avalanche.training.Naive`` and of
+        :class:`streamcl.plugins.REMINDPlugin`. REMIND streams one example per
+        step in the paper: use ``train_mb_size=1`` for that setting.
+        """,
     )
-else:  # pragma: no cover - transient
-    REMIND = None  # type: ignore[assignment]
+)

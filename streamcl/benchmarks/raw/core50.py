@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import pandas as pd
 
-from streamcl.benchmarks import _indexing as ix
+from streamcl.benchmarks.raw import _indexing as ix
 from streamcl.errors import DatasetError
 
 NAME = "core50"
@@ -55,6 +55,7 @@ def image_root(root: ix.PathLike) -> Path:
     return root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
 
 
+@ix.gc_paused
 def index_names(
     paths: Iterable[str],
     *,
@@ -100,7 +101,10 @@ def index_names(
     for (s, o), got in sorted(seen.items()):
         if got != wanted:
             miss = sorted(wanted - got)
-            probs.add(frame_path(s, o, miss[0]), f"session s{s}/o{o} lacks {len(miss)} of the sampled frames {miss[:5]}")
+            probs.add(
+                frame_path(s, o, miss[0]),
+                f"session s{s}/o{o} lacks {len(miss)} of the sampled frames {miss[:5]}",
+            )
     probs.raise_if_any("restore the missing frames from the CORe50 archive (core50_128x128.zip).")
     return ix.finish(pd.DataFrame(rows), CLASSES)
 

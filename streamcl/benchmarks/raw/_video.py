@@ -42,13 +42,15 @@ def is_done(out_dir: Path, stem: str, size: int, existing: Optional[set] = None)
     return all(frame_file(stem, k) in existing for k in range(1, n + 1))
 
 
-def extract(video: Path, out_dir: Path, stem: str, *, size: int = 224, fps: float = 1.0, threads: int = 0) -> int:
+def extract(
+    video: Path, out_dir: Path, stem: str, *, size: int = 224, fps: float = 1.0, threads: int = 0
+) -> int:
     """Extract ``fps`` frames per second of ``video``, resized to size x size, as ``<stem>_<k>.png``; returns the count.
 
     Output k (from 0) takes the decoded frame nearest to time k/fps and there are
     round(duration * fps) outputs, as with FFmpeg's ``fps`` filter. ``threads``: decoder
-    threads (0: FFmpeg picks). Raises RuntimeError
-    (with the decoder's message) on an unreadable video or one without frames.
+    threads (0: FFmpeg picks). Raises RuntimeError (with the decoder's message) on an
+    unreadable video or one without frames.
     """
     import av  # PyAV ships its own FFmpeg libraries
 
@@ -68,8 +70,11 @@ def extract(video: Path, out_dir: Path, stem: str, *, size: int = 224, fps: floa
                 stream.codec_context.thread_count = threads
                 rate = stream.average_rate or stream.guessed_rate
                 frame_dur = 1.0 / float(rate) if rate else 0.0
+                t0 = None
                 for i, frame in enumerate(container.decode(stream)):
                     t = float(frame.time) if frame.time is not None else i * frame_dur
+                    t0 = t if t0 is None else t0
+                    t -= t0  # clips whose timestamps start late still start at second 0
                     last_t = max(last_t, t)
                     k = int(math.floor(t * fps + 0.5))
                     best = chosen.get(k)
@@ -84,10 +89,11 @@ def extract(video: Path, out_dir: Path, stem: str, *, size: int = 224, fps: floa
         if last_t < 0:
             raise RuntimeError("video has no decodable frames")
         n_out = max(1, int(math.floor((last_t + frame_dur) * fps + 0.5)))
-        written = sorted(int(n[len(stem) + 1 : -len(".png")]) for n in os.listdir(tmp))
-        keep = [k for k in written if k <= n_out]
-        if keep != list(range(1, len(keep) + 1)) or not keep:
-            raise RuntimeError(f"cannot sample it at {fps} fps (got frames {written[:10]} of {n_out})")
+        written = {int(n[len(stem) + 1 : -len(".png")]) for n in os.listdir(tmp)}
+        for k in range(2, n_out + 1):  # a gap in the timestamps repeats the previous frame, as FFmpeg does
+            if k not in written:
+                shutil.copyfile(tmp / frame_file(stem, k - 1), tmp / frame_file(stem, k))
+        keep = range(1, n_out + 1)
         for k in keep:
             os.replace(tmp / frame_file(stem, k), out_dir / frame_file(stem, k))
         k = len(keep) + 1  # frames of an earlier, longer extraction must not survive

@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Tuple
 import numpy as np
 import pandas as pd
 
-from streamcl.benchmarks import _indexing as ix
+from streamcl.benchmarks.raw import _indexing as ix
 from streamcl.errors import DatasetError
 
 NAME = "ilab2mlight"
@@ -51,21 +51,21 @@ LAYOUT = "<root>/train_img/<class>-i<instance>-b<background>-c<camera>-r<rotatio
 _NAME = r"^(?P<cls>[a-z0-9]+)-i(?P<i>\d+)-b(?P<b>\d+)-c(?P<c>\d+)-r(?P<r>\d+)-l(?P<l>\d+)[^/\n]*\.(?i:jpg)$"
 _NAME_RE = re.compile(_NAME)
 _LINES_RE = re.compile(
-    r"^((?:[^\n]*/)?([a-z0-9]+)-i(\d+)-b(\d+)-c(\d+)-r(\d+)-l(\d+)[^/\n]*\.(?i:jpg))$", re.MULTILINE
+    r"^(?:[^\n]*/)?([a-z0-9]+)-i(\d+)-b(\d+)-c(\d+)-r(\d+)-l(\d+)[^/\n]*\.(?i:jpg)$", re.MULTILINE
 )
 _FIX = "remove or rename the files listed; iLab images must keep their original names."
 
 
-def _raise_bad_names(jpgs: List[str]) -> None:
-    probs = ix.Problems(NAME)
+def _split_bad_names(jpgs: List[str], probs: ix.Problems) -> Tuple[List[str], list]:
+    ok, found = [], []
     for n in jpgs:
-        base = n.rsplit("/", 1)[-1]
-        if not _NAME_RE.match(base):
-            if len(probs.items) < ix.MAX_LISTED:
-                probs.add(n, "name does not match '<class>-i<inst>-b<bg>-c<cam>-r<rot>-l<light>...jpg'")
-            else:
-                probs.unlisted += 1
-    probs.raise_if_any(_FIX)
+        m = _NAME_RE.match(n.rsplit("/", 1)[-1])
+        if m is None:
+            probs.add(n, "name does not match '<class>-i<inst>-b<bg>-c<cam>-r<rot>-l<light>...jpg'")
+        else:
+            ok.append(n)
+            found.append(m.groups())
+    return ok, found
 
 
 def image_name(cls: str, instance: int, background: int, camera: int, rotation: int, light: int = 0) -> str:
@@ -79,6 +79,7 @@ def image_root(root: ix.PathLike) -> Path:
     return root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
 
 
+@ix.gc_paused
 def index_names(
     paths: Iterable[str],
     *,
@@ -95,24 +96,27 @@ def index_names(
     jpgs = [n for n in names if n[-4:].lower() == ".jpg" and not n.rsplit("/", 1)[-1].startswith(".")]
     # one regex pass over the joined names (C speed), instead of one call per name
     found = _LINES_RE.findall("\n".join(jpgs))
+    probs = ix.Problems(NAME)
     if len(found) != len(jpgs):  # slow path, only to name the culprits
-        _raise_bad_names(jpgs)
-        raise DatasetError(f"{NAME}: {len(jpgs) - len(found)} image name(s) could not be parsed (odd characters?)")
+        jpgs, found = _split_bad_names(jpgs, probs)
     if not found:
+        probs.raise_if_any(_FIX)
         return ix.finish(pd.DataFrame({c: [] for c in ix.COLUMNS}), CLASSES)
-    path, cls_s, i_s, b_s, c_s, r_s, l_s = (np.array(col) for col in zip(*found))
+    # found[k] parses jpgs[k]
+    cls_s, i_s, b_s, c_s, r_s, l_s = (np.array(col) for col in zip(*found))
+    path = np.array(jpgs)
     uniq, inv = np.unique(cls_s, return_inverse=True)
     unknown_names = [u for u in uniq if u not in ALL_CLASSES]
     if unknown_names:
-        probs = ix.Problems(NAME)
         bad = np.isin(cls_s, unknown_names)
-        for p, c in zip(path[bad][: ix.MAX_LISTED], cls_s[bad]):
+        for p, c in zip(path[bad], cls_s[bad]):
             probs.add(p, f"unknown iLab class {c!r} (known: {', '.join(ALL_CLASSES)})")
-        probs.unlisted = max(0, int(bad.sum()) - ix.MAX_LISTED)
-        probs.raise_if_any(_FIX)
+    probs.raise_if_any(_FIX)
     cls = np.array([ALL_CLASSES[u] for u in uniq], dtype=np.int64)[inv]
     keep = ~np.isin(cls, [ALL_CLASSES[c] for c in DROPPED_CLASSES])
-    num = {k: v[keep].astype(np.int64) for k, v in (("i", i_s), ("b", b_s), ("c", c_s), ("r", r_s), ("l", l_s))}
+    num = {
+        k: v[keep].astype(np.int64) for k, v in (("i", i_s), ("b", b_s), ("c", c_s), ("r", r_s), ("l", l_s))
+    }
     cls, path = cls[keep], path[keep]
     # order by class, instance, background, camera, rotation, light (then name, for determinism)
     order = np.lexsort((path, num["l"], num["r"], num["c"], num["b"], num["i"], cls))
@@ -136,7 +140,13 @@ def index_names(
     obj = ix.rank_within(obj_new, cls_new)
     sess = ix.rank_within(sess_new, obj_new)
     m = (obj <= objects_per_class) & (sess <= sessions_per_object)
-    cls, obj, sess, path, sess_new = cls[m], obj[m], sess[m], path[m], ix.group_flags([cls[m], inst[m], bg[m]])
+    cls, obj, sess, path, sess_new = (
+        cls[m],
+        obj[m],
+        sess[m],
+        path[m],
+        ix.group_flags([cls[m], inst[m], bg[m]]),
+    )
     # 5. a seeded random contiguous run per session
     pos = ix.position_within(sess_new) - 1
     size = ix.group_sizes(sess_new)
@@ -144,7 +154,13 @@ def index_names(
     start = starts_per_session[np.cumsum(sess_new) - 1]
     m = (pos >= start) & (pos < start + frames_per_session)
     df = pd.DataFrame(
-        {"class": cls[m], "object": obj[m], "session": sess[m], "im_num": pos[m] - start[m] + 1, "im_path": path[m]}
+        {
+            "class": cls[m],
+            "object": obj[m],
+            "session": sess[m],
+            "im_num": pos[m] - start[m] + 1,
+            "im_path": path[m],
+        }
     )
     return ix.finish(df, CLASSES)
 
@@ -172,7 +188,10 @@ def _list_flat(img: Path, progress: bool) -> List[str]:
     from tqdm.auto import tqdm
 
     names: List[str] = []
-    with os.scandir(img) as it, tqdm(desc="ilab2mlight: listing", unit=" files", disable=not progress, leave=False) as bar:
+    with (
+        os.scandir(img) as it,
+        tqdm(desc="ilab2mlight: listing", unit=" files", disable=not progress, leave=False) as bar,
+    ):
         for e in it:
             if e.name.lower().endswith(".jpg") and not ix.is_hidden(e.name):
                 names.append(e.name)

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import pandas as pd
 
-from streamcl.benchmarks import _indexing as ix
+from streamcl.benchmarks.raw import _indexing as ix
 from streamcl.errors import DatasetError
 
 NAME = "icubworld"
@@ -46,6 +46,7 @@ def image_root(root: ix.PathLike) -> Path:
     return Path(root)
 
 
+@ix.gc_paused
 def index_names(
     paths: Iterable[str],
     *,
@@ -76,13 +77,13 @@ def index_names(
         if cat not in CLASSES:
             probs.add(path, f"unknown iCubWorld category {cat!r}")
             continue
-        if not obj.startswith(cat) or not obj[len(cat):].isdigit():
+        if not obj.startswith(cat) or not obj[len(cat) :].isdigit():
             probs.add(path, f"object folder {obj!r} is not '{cat}<number>'")
             continue
         if sess not in SESSIONS:
             probs.add(path, f"unknown session {sess!r} (known: {', '.join(SESSIONS)})")
             continue
-        key = (CLASSES[cat], int(obj[len(cat):]), SESSIONS[sess])
+        key = (CLASSES[cat], int(obj[len(cat) :]), SESSIONS[sess])
         tree[key][day][cam].append(base)
         prefix[key] = f"{part}/{cat}/{obj}/{sess}"
     rows: Dict[str, list] = {c: [] for c in ix.COLUMNS}
@@ -128,7 +129,10 @@ def index(raw_root: ix.PathLike, *, seed: int = 0, progress: bool = True, **rule
             for obj in objs:
                 sessions = [s for s in ix.list_dir(root / part / cat / obj)[0] if s in SESSIONS]
                 if not sessions:
-                    probs.add(f"{part}/{cat}/{obj}", f"object folder holds none of the sessions {', '.join(SESSIONS)}")
+                    probs.add(
+                        f"{part}/{cat}/{obj}",
+                        f"object folder holds none of the sessions {', '.join(SESSIONS)}",
+                    )
                 for sess in sessions:
                     rel = f"{part}/{cat}/{obj}/{sess}"
                     days, _ = ix.list_dir(root / rel)

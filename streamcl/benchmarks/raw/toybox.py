@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import pandas as pd
 
-from streamcl.benchmarks import _indexing as ix
+from streamcl.benchmarks.raw import _indexing as ix
 from streamcl.errors import DatasetError
 
 NAME = "toybox"
@@ -61,9 +61,8 @@ FRAME_SIZE = 224
 IMAGES_DIR = "images"
 
 LAYOUT = "<root>/{animals,households,vehicles}/<cat>_<NN>_pivothead/<cat>_<NN>_pivothead_<transform>.mp4"
-_OBJECT_DIR = re.compile(r"^(?P<cat>[a-z]+)_(?P<nn>\d+)_pivothead$")
-_VIDEO = re.compile(r"^(?P<cat>[a-z]+)_(?P<nn>\d+)_pivothead_(?P<tr>[a-z]+)\.mp4$")
-_FRAME = re.compile(r"^(?P<cat>[a-z]+)_(?P<nn>\d+)_pivothead_(?P<tr>[a-z]+)_(?P<k>\d+)\.png$")
+_OBJECT_DIR = re.compile(r"^(?P<cat>[a-z]+)_(?P<nn>\d{2})_pivothead$")
+_FRAME = re.compile(r"^(?P<cat>[a-z]+)_(?P<nn>\d{2})_pivothead_(?P<tr>[a-z]+)_(?P<k>\d+)\.png$")
 
 
 def object_dir(cat: str, nn: int) -> str:
@@ -122,13 +121,14 @@ def list_videos(raw_root: ix.PathLike, *, include_dropped: bool = False) -> List
             for f in files:
                 if not f.lower().endswith(".mp4"):  # notes, checksums ... are not videos
                     continue
-                v = _VIDEO.match(f)
-                if not v or v["cat"] != m["cat"] or int(v["nn"]) != int(m["nn"]):
+                tr = f[len(od) + 1 : -len(".mp4")]
+                if not f.startswith(od + "_") or not f.endswith(".mp4") or not tr.isalpha():
                     probs.add(f"{sup}/{od}/{f}", f"video name does not match '{od}_<transform>.mp4'")
                     continue
-                tr = v["tr"]
                 if tr not in SESSIONS and tr not in DROPPED_TRANSFORMS:
-                    probs.add(f"{sup}/{od}/{f}", f"unknown transformation {tr!r} (known: {', '.join(SESSIONS)})")
+                    probs.add(
+                        f"{sup}/{od}/{f}", f"unknown transformation {tr!r} (known: {', '.join(SESSIONS)})"
+                    )
                     continue
                 n_here += 1
                 if tr in DROPPED_TRANSFORMS and not include_dropped:
@@ -136,7 +136,9 @@ def list_videos(raw_root: ix.PathLike, *, include_dropped: bool = False) -> List
                 videos.append(Video(root / sup / od / f, f"{sup}/{od}", f[: -len(".mp4")]))
             if n_here == 0:
                 probs.add(f"{sup}/{od}", "object folder holds no .mp4 videos")
-    probs.raise_if_any("restore or re-download the files listed (or remove stray ones), then run prepare again.")
+    probs.raise_if_any(
+        "restore or re-download the files listed (or remove stray ones), then run prepare again."
+    )
     return videos
 
 
@@ -145,6 +147,7 @@ def image_root(root: ix.PathLike) -> Path:
     return Path(root) / IMAGES_DIR
 
 
+@ix.gc_paused
 def index_names(
     paths: Iterable[str],
     *,
@@ -201,7 +204,9 @@ def index_names(
         rows["session"] += [sess] * frames_per_session
         rows["im_num"] += list(range(1, frames_per_session + 1))
         rows["im_path"] += [frames[use[i]] for i in order]
-    probs.raise_if_any("re-run `streamcl prepare toybox RAW_ROOT` (it re-extracts incomplete videos) or remove stray files.")
+    probs.raise_if_any(
+        "re-run `streamcl prepare toybox RAW_ROOT` (it re-extracts incomplete videos) or remove stray files."
+    )
 
     df = pd.DataFrame(rows)
     if len(df):
@@ -227,7 +232,9 @@ def index(raw_root: ix.PathLike, *, seed: int = 0, progress: bool = True, **rule
         )
     names = _walk_frames(img, progress)
     if not names:
-        raise DatasetError(f"{NAME}: {img} holds no extracted .png frames; run `streamcl prepare toybox {root}`.")
+        raise DatasetError(
+            f"{NAME}: {img} holds no extracted .png frames; run `streamcl prepare toybox {root}`."
+        )
     return ix.rooted(index_names, names, img, seed=seed, **rules)
 
 
