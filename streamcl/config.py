@@ -669,12 +669,13 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path) -> Experiment:
     if dup:
         c.fail(("methods",), f"two grid cells share the name {sorted(dup)}; give the methods distinct labels")
 
-    pretrain = None
+    exp = Experiment(name=name, file=file, runs=runs, cells=cells, output_dir=Path(output_dir))
     if doc.get("pretrain") is not None:
-        from streamcl.pretrain import check_pretrain
+        from streamcl.pretrain import attach_pretrained, check_pretrain
 
-        pretrain = check_pretrain(c, ("pretrain",), doc["pretrain"])
-    return Experiment(name=name, file=file, runs=runs, cells=cells, output_dir=Path(output_dir), pretrain=pretrain)
+        exp.pretrain = check_pretrain(c, ("pretrain",), doc["pretrain"])
+        attach_pretrained(exp)
+    return exp
 
 
 def load_experiment(path: Union[str, Path], overrides: Sequence[str] = ()) -> Experiment:

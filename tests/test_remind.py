@@ -199,6 +199,21 @@ def test_missing_faiss_names_the_extra(monkeypatch):
     assert "faiss" in msg and "streamcl[cpu]" in msg and "streamcl[gpu]" in msg
 
 
+def test_streamcl_imports_without_faiss():
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"
+        "import streamcl.models, streamcl.plugins\n"
+        "from streamcl.plugins import REMINDPlugin\n"
+        "from streamcl.errors import StreamclError\n"
+        "try:\n    REMINDPlugin()\nexcept StreamclError as e:\n    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ERR" in out.stdout and "pip install 'streamcl[cpu]'" in out.stdout
+
+
 # ----------------------------------------------------------------------------- schedule
 def test_per_class_lr_restart_unit():
     s = PerClassStepLR(0.1, 0.001, 0.7017, 100)

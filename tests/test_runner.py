@@ -146,3 +146,37 @@ def test_stream_accuracy_is_recorded_per_experience(tmp_path, synthetic_root):
     root = run_experiment(load_experiment(path), progress=False)
     rows = read_metrics(root / "naive" / "run0" / "metrics.csv")
     assert [r["experience"] for r in rows if r["metric"] == STREAM_ACC] == [0, 1]
+
+
+def test_pretrain_phase_feeds_every_cell(tmp_path, synthetic_root, capsys):
+    path = experiment(tmp_path, synthetic_root, {
+        "crumb": {"plugins": [{"name": "crumb", "memory": 40, "n_blocks": 32, "block_dim": 8}]},
+        "naive": {},
+    }, n_classes=4)
+    doc = yaml.safe_load(path.read_text())
+    doc["pretrain"] = {
+        # A different base dataset (CORe50's layout), trained offline in one experience.
+        "benchmark": {"name": "synthetic", "root": str(synthetic_root), "layout": "core50", "n_classes": 3,
+                      "n_objects": 2, "image_size": 32, "protocol": "offline"},
+        "plugin": {"name": "crumb", "n_blocks": 32, "block_dim": 8},
+        "epochs": 1, "mb_size": 32, "max_steps": 5,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    exp = load_experiment(path)
+    target = str(exp.root / "pretrain" / "crumb.pt")
+    crumb_cfg = next(c for c in exp.cells if c.name == "crumb").config
+    assert crumb_cfg["model"]["weights"] == target and crumb_cfg["plugins"][0]["pretrained"] == target
+    assert next(c for c in exp.cells if c.name == "naive").config["model"]["weights"] == target
+    assert exp.pretrain["model"]["name"] == "small_cnn_cut" and exp.pretrain["model"].get("weights") is None
+
+    root = run_experiment(exp, progress=False)
+    assert (root / "pretrain" / "crumb.pt").exists()
+    assert json.loads((root / "crumb" / "run0" / "summary.json").read_text())["stored_bytes"] > 0
+    capsys.readouterr()
+    run_experiment(load_experiment(path), progress=False)  # everything done: pretraining is reused
+    assert "[pretrain] reusing" in capsys.readouterr().out
+
+    doc["pretrain"]["plugin"] = {"name": "replay"}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="only 'crumb'"):
+        load_experiment(path)

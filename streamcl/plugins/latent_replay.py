@@ -855,6 +855,9 @@ class LatentReplayPlugin(SupervisedPlugin):
     :param seed: seed of the plugin's generator (replay draws, augmentation) and the buffer's.
     """
 
+    # The YAML validator calls these on the raw values, so a bad budget fails at load time.
+    config_checks = {"memory": parse_memory}
+
     def __init__(
         self,
         codec: Optional[Codec] = None,
