@@ -56,7 +56,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from streamcl.benchmarks.prepare import prepare
 
-    out = prepare(args.name, args.raw_root, args.out, workers=args.workers, progress=not args.quiet, seed=args.seed)
+    out = prepare(args.name, args.raw_root, args.out, workers=args.workers, progress=not args.quiet, seed=args.seed,
+                  verbose=True)
     print(f"index written to {out}")
     return 0
 
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="where to write the index (and Toybox frames)")
     pr.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="parallel workers")
     pr.add_argument("--seed", type=int, default=0, help="seed of the balancing (iLab's random runs)")
-    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bars (the counts are still printed)")
     pr.set_defaults(func=_cmd_prepare)
 
     ls = sub.add_parser("list", help="list benchmarks, models, strategies, plugins, optimizers, schedulers")

@@ -82,7 +82,7 @@ def _metric_factories() -> Dict[str, Callable[[], Sequence[PluginMetric]]]:
         "forgetting": lambda: M.forgetting_metrics(experience=True, stream=True),
         "bwt": lambda: M.bwt_metrics(experience=True, stream=True),
         "timing": lambda: M.timing_metrics(epoch=True, experience=True),
-        "ram": lambda: M.ram_usage_metrics(every=0.5, experience=True),
+        "ram": lambda: M.ram_usage_metrics(every=0.1, experience=True),
         "cpu": lambda: M.cpu_usage_metrics(experience=True),
         "replay_bytes": lambda: [ReplayBytes()],
         "reconstructed_accuracy": _reconstructed_accuracy,

@@ -189,6 +189,12 @@ def test_pq_state_round_trip_weights_only():
     assert torch.equal(_faiss_reference(fresh, x)[0], codec.encode(x))
     with pytest.raises(RuntimeError, match="M=8"):
         PQCodec(8).load_state_dict(codec.state_dict())
+    # deep copies / pickles (Avalanche checkpoints, LwF-style model copies) rebuild the faiss object
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(codec), pickle.loads(pickle.dumps(codec))):
+        assert torch.equal(clone.encode(x), codec.encode(x))
 
 
 def test_missing_faiss_names_the_extra(monkeypatch):

@@ -55,6 +55,7 @@ RESUME_METHODS = {
 }
 
 
+@pytest.mark.slow
 def test_run_writes_outputs_and_resumes_identically(tmp_path, synthetic_root):
     path = experiment(tmp_path, synthetic_root, RESUME_METHODS)
     exp = load_experiment(path)
@@ -148,6 +149,7 @@ def test_stream_accuracy_is_recorded_per_experience(tmp_path, synthetic_root):
     assert [r["experience"] for r in rows if r["metric"] == STREAM_ACC] == [0, 1]
 
 
+@pytest.mark.slow
 def test_pretrain_phase_feeds_every_cell(tmp_path, synthetic_root, capsys):
     path = experiment(tmp_path, synthetic_root, {
         "crumb": {"plugins": [{"name": "crumb", "memory": 40, "n_blocks": 32, "block_dim": 8}]},
@@ -180,3 +182,29 @@ def test_pretrain_phase_feeds_every_cell(tmp_path, synthetic_root, capsys):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="only 'crumb'"):
         load_experiment(path)
+
+
+@pytest.mark.slow
+def test_crumb_and_remind_resume_identically(tmp_path, synthetic_root):
+    methods = {
+        "crumb": {"plugins": [{"name": "crumb", "memory": 40, "n_blocks": 32, "block_dim": 8,
+                               "plus_direct_loss": True}]},
+        "remind": {"plugins": [{"name": "remind", "memory": 40, "num_codebooks": 8, "pq_train_vectors": 512,
+                                "n_replay": 4, "lr_schedule": "constant"}]},
+    }
+    root = run_experiment(load_experiment(experiment(tmp_path / "a", synthetic_root, methods, n_classes=4)),
+                          progress=False)
+    path2 = experiment(tmp_path / "b", synthetic_root, methods, n_classes=4)
+    for _ in range(6):
+        try:
+            root2 = run_experiment(load_experiment(path2), progress=False, stop_after=1)
+            break
+        except KeyboardInterrupt:
+            continue
+    for cell in methods:
+        a = json.loads((root / cell / "run0" / "summary.json").read_text())
+        b = json.loads((root2 / cell / "run0" / "summary.json").read_text())
+        assert a["stored_bytes"] > 0
+        assert a["accuracy_per_experience"] == b["accuracy_per_experience"], cell
+        assert a["stored_bytes"] == b["stored_bytes"], cell
+        assert deterministic_rows(root / cell / "run0") == deterministic_rows(root2 / cell / "run0"), cell

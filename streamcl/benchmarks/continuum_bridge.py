@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -23,29 +23,17 @@ from continuum.scenarios import ContinualScenario
 from continuum.tasks import TaskType
 
 from streamcl.benchmarks.dirmap import DirmapSource, load_dirmap
-from streamcl.benchmarks.protocols import ProtocolName, StreamSplit, make_stream
+from streamcl.benchmarks.protocols import ProtocolName, SplitView, StreamSplit, make_stream
 from streamcl.benchmarks.transforms import transform_list
 
 
 @dataclass
-class ContinuumStreams:
+class ContinuumStreams(SplitView):
     """Train and test continuum scenarios of one protocol run, with its class order and label map."""
 
     train: ContinualScenario
     test: ContinualScenario
     split: StreamSplit
-
-    @property
-    def class_order(self) -> List[Any]:
-        return self.split.class_order
-
-    @property
-    def label_map(self) -> Dict[Any, int]:
-        return self.split.label_map
-
-    @property
-    def n_classes(self) -> int:
-        return self.split.n_classes
 
 
 def split_to_continuum(

@@ -65,6 +65,7 @@ def prepare(
     progress: bool = True,
     seed: int = 0,
     frame_size: int = 224,
+    verbose: Optional[bool] = None,
     **rules: Any,
 ) -> Path:
     """Index a raw dataset (extracting Toybox frames first) and write the index to ``out``; returns ``out``.
@@ -108,7 +109,7 @@ def prepare(
         raise DatasetError(
             f"cannot write the index into {out_dir} ({e}); pass --out DIR to write it elsewhere"
         ) from e
-    if progress:
+    if progress if verbose is None else verbose:  # the counts table (default: with the progress bars)
         print(dirmap_stats(df, test_sessions=mod.TEST_SESSIONS))
         print(f"{mod.NAME}: wrote {out_dir / DIRMAP_FILE} ({len(df)} images) and {out_dir / INDEX_FILE}")
     return out_dir

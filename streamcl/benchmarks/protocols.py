@@ -79,6 +79,34 @@ class StreamSplit:
         return [df.index.to_numpy(dtype=np.int64) for df in self.test]
 
 
+class SplitView:
+    """Read-through properties for objects that carry a ``split: StreamSplit`` (scenario info, bridges)."""
+
+    split: StreamSplit
+
+    @property
+    def protocol(self) -> str:
+        return self.split.protocol
+
+    @property
+    def run(self) -> int:
+        return self.split.run
+
+    @property
+    def class_order(self) -> List[Any]:
+        """Original class ids in label order (``class_order[label]``)."""
+        return self.split.class_order
+
+    @property
+    def label_map(self) -> Dict[Any, int]:
+        """Original class id -> label."""
+        return self.split.label_map
+
+    @property
+    def n_classes(self) -> int:
+        return self.split.n_classes
+
+
 def make_stream(
     dirmap: DirmapSource,
     *,

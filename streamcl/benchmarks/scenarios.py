@@ -26,7 +26,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,7 @@ from avalanche.benchmarks.utils.transform_groups import TransformGroups
 from PIL import Image, UnidentifiedImageError
 
 from streamcl.benchmarks.dirmap import load_dirmap
-from streamcl.benchmarks.protocols import ProtocolName, StreamSplit, make_stream
+from streamcl.benchmarks.protocols import ProtocolName, SplitView, StreamSplit, make_stream
 from streamcl.benchmarks.transforms import default_eval_transform, default_train_transform
 from streamcl.errors import DatasetError
 from streamcl.registry import register_benchmark
@@ -108,7 +108,7 @@ class StreamDataset(TaskAwareSupervisedClassificationDataset, ClassificationData
 
 
 @dataclass
-class StreamInfo:
+class StreamInfo(SplitView):
     """What a scenario was built from (attached as ``scenario.streamcl_info``)."""
 
     name: str
@@ -118,28 +118,6 @@ class StreamInfo:
     input_shape: Tuple[int, int, int]
     dataset: StreamDataset  # every dirmap row; experiences and buffers are subsets of it
     train_sample_ids: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
-
-    @property
-    def protocol(self) -> str:
-        return self.split.protocol
-
-    @property
-    def run(self) -> int:
-        return self.split.run
-
-    @property
-    def class_order(self) -> List[Any]:
-        """Original class ids in label order (``class_order[label]``)."""
-        return self.split.class_order
-
-    @property
-    def label_map(self) -> Dict[Any, int]:
-        """Original class id -> label."""
-        return self.split.label_map
-
-    @property
-    def n_classes(self) -> int:
-        return self.split.n_classes
 
     @property
     def train_shuffle(self) -> bool:

@@ -32,7 +32,7 @@ quantiser from it.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ class PQCodec(Codec):
         use_gpu: Any = "auto",
     ):
         super().__init__()
-        self._faiss = import_faiss()
+        import_faiss()  # fail now, naming the extra, rather than at the first fit
         if not (isinstance(num_codebooks, int) and num_codebooks > 0):
             raise PQConfigError(f"num_codebooks (M) must be a positive integer, got {num_codebooks!r}")
         if not (isinstance(nbits, int) and 1 <= nbits <= 8):
@@ -128,6 +128,17 @@ class PQCodec(Codec):
         self.register_buffer("centroids", torch.empty(0, dtype=torch.float32))
         self._pq: Any = None  # faiss.ProductQuantizer, rebuilt from `centroids`
         self._gpu_res: Any = None
+
+    @property
+    def _faiss(self) -> Any:
+        return import_faiss()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # faiss objects are neither picklable nor deep-copyable: rebuilt from `centroids` on demand.
+        state = super().__getstate__()
+        state["_pq"] = None
+        state["_gpu_res"] = None
+        return state
 
     # ------------------------------------------------------------------ info
     @property

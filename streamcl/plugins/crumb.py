@@ -228,6 +228,8 @@ class CRUMBPlugin(LatentReplayPlugin):
     :param replay_weight: weight of the replay loss (5).
     :param clamp: element-wise gradient clamp (10); null disables it.
     :param mask_eval_logits: predict among seen classes only at evaluation (as the authors' code).
+    :param eval_path: ``direct`` (the paper: ``head(trunk(x))``) or ``reconstructed`` (ablation:
+        ``head(decode(encode(trunk(x))))``, the path CRUMB's streaming loss trains).
     :param augment: random resized crops of replayed feature maps (the authors'
         optional ``use_random_resize_crops``; off in the paper's main results).
     :param crop_scale_min: smallest crop area fraction when ``augment`` (4/13 at 13x13).
@@ -253,6 +255,7 @@ class CRUMBPlugin(LatentReplayPlugin):
         replay_weight: float = 5.0,
         clamp: Optional[float] = 10.0,
         mask_eval_logits: bool = True,
+        eval_path: Literal["direct", "reconstructed"] = "direct",
         augment: bool = False,
         crop_scale_min: float = 4 / 13,
         pretrained: Optional[str] = None,
@@ -278,7 +281,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             replay_sampling="absent_classes",
             replay_weight=float(replay_weight),
             train_path=train_path,  # type: ignore[arg-type]
-            eval_path="direct",
+            eval_path=eval_path,  # type: ignore[arg-type]
             mask_logits=True,
             mask_eval_logits=mask_eval_logits,
             grad_clamp=clamp,
