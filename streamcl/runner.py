@@ -166,18 +166,24 @@ class Run:
 
     # -- resume -------------------------------------------------------------------------------
 
-    def _resume(self, strategy) -> Tuple[int, float]:
-        """Restore the last checkpoint (if any): returns (next experience, wall time so far)."""
+    def _read_checkpoint(self) -> Optional[Dict[str, Any]]:
+        """The last checkpoint of this run, checked against the config (before anything is built)."""
         if not self.ckpt_path.exists():
-            if self.metrics_path.exists():
-                self.metrics_path.unlink()  # rows of an experience that never finished
-            return 0, 0.0
+            return None
         payload = checkpoint.load(self.ckpt_path)
         if payload.get("digest") != config_digest(self.cfg) or payload.get("run") != self.run:
             raise CheckpointError(
                 f"{self.ckpt_path}: written by a different configuration of cell '{self.cell.name}'; "
                 "rerun with --restart to discard it, or change `name`/`output_dir`"
             )
+        return payload
+
+    def _resume(self, strategy, payload: Optional[Dict[str, Any]]) -> Tuple[int, float]:
+        """Restore ``payload`` (if any) into the strategy: returns (next experience, wall time so far)."""
+        if payload is None:
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()  # rows of an experience that never finished
+            return 0, 0.0
         checkpoint.restore_strategy(
             strategy, payload["strategy"], checkpoint.RestoreContext(dataset_from_ids=self._dataset_from_ids),
             self.ckpt_path,
@@ -229,8 +235,9 @@ class Run:
         ``stop_after=k`` raises KeyboardInterrupt once k experiences have been trained by this
         call (after their checkpoint), as a crash would; tests use it to check resume.
         """
+        payload = self._read_checkpoint()
         scenario, strategy = self.build()
-        start, wall = self._resume(strategy)
+        start, wall = self._resume(strategy, payload)
         self._n_rows = 0
         if self.metrics_path.exists():
             with open(self.metrics_path) as f:

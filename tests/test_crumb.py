@@ -378,3 +378,22 @@ def test_online_stream_mini_experiences():
     assert set(plugin.buffer.items_per_class()) == {0, 1, 2, 3}
     assert max(plugin.buffer.items_per_class().values()) <= 6 // 4
     assert plugin.replay_steps > 0
+
+
+def test_last_pass_store_selects_like_a_second_walk_without_rerunning_the_trunk():
+    trunk_calls, buffers = {}, {}
+    for store in ("last_pass", "experience"):
+        model = bn_model()
+        calls = []
+        model.trunk.register_forward_hook(lambda *args: calls.append(1))
+        plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, store=store)
+        strat = naive(model, [plugin])
+        strat.train_epochs = 2  # codes are taken from the last of the two epochs
+        for exp in tiny_stream().train_stream:
+            strat.train(exp, shuffle=False)
+        trunk_calls[store], buffers[store] = len(calls), plugin.buffer
+    assert buffers["last_pass"].items_per_class() == buffers["experience"].items_per_class() == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert buffers["last_pass"].codes.dtype == torch.uint8
+    # 12 images per experience, batches of 4: 2 epochs x 3 batches; the second walk adds 2 more (batches of 8).
+    assert trunk_calls["last_pass"] == 2 * 2 * 3
+    assert trunk_calls["experience"] == 2 * 2 * 3 + 2 * 2

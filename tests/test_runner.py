@@ -117,9 +117,11 @@ def test_changed_config_or_bad_checkpoint_is_refused(tmp_path, synthetic_root):
     # A corrupt checkpoint is named in the error, and nothing is overwritten.
     ckpt = exp.root / "naive" / "run0" / "checkpoint.pt"
     ckpt.write_bytes(b"not a checkpoint")
+    before = sorted(p.name for p in ckpt.parent.rglob("*"))
     with pytest.raises(CheckpointError, match="checkpoint.pt"):
         run_experiment(load_experiment(path), progress=False)
     assert ckpt.read_bytes() == b"not a checkpoint"
+    assert sorted(p.name for p in ckpt.parent.rglob("*")) == before  # nothing new written
     # --restart discards the cell and runs from scratch.
     run_experiment(load_experiment(path), restart=True, progress=False)
     assert (exp.root / "naive" / "run0" / "summary.json").exists()

@@ -230,6 +230,10 @@ class CRUMBPlugin(LatentReplayPlugin):
     :param mask_eval_logits: predict among seen classes only at evaluation (as the authors' code).
     :param eval_path: ``direct`` (the paper: ``head(trunk(x))``) or ``reconstructed`` (ablation:
         ``head(decode(encode(trunk(x))))``, the path CRUMB's streaming loss trains).
+    :param store: which codes fill the buffer after each experience, chosen by the same
+        every-k-th-per-class rule: ``last_pass`` (default) those computed during the
+        experience's last training epoch, so the trunk runs once per image;
+        ``experience`` a second walk over the experience with the final codebook.
     :param augment: random resized crops of replayed feature maps (the authors'
         optional ``use_random_resize_crops``; off in the paper's main results).
     :param crop_scale_min: smallest crop area fraction when ``augment`` (4/13 at 13x13).
@@ -256,6 +260,7 @@ class CRUMBPlugin(LatentReplayPlugin):
         clamp: Optional[float] = 10.0,
         mask_eval_logits: bool = True,
         eval_path: Literal["direct", "reconstructed"] = "direct",
+        store: Literal["last_pass", "experience"] = "last_pass",
         augment: bool = False,
         crop_scale_min: float = 4 / 13,
         pretrained: Optional[str] = None,
@@ -288,7 +293,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             augment=augment,
             crop_scale=(float(crop_scale_min), 1.0),
             mixup_alpha=None,
-            store="none" if no_replay else "experience",
+            store="none" if no_replay else store,
             fit_codec="first_batch",
             freeze_codec=freeze_memory,
             buffer_device=buffer_device,

@@ -262,13 +262,8 @@ class ClassBalancedPolicy(BufferPolicy):
         if drop:
             buffer.remove(torch.cat(drop))
 
-    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
-        if len(labels) == 0:
-            return
-        self.observe_classes(torch.unique(labels).tolist())
-        self.shrink(buffer)
-        q = self.quota(buffer)
-        # 1) stride: keep every k-th example of each class in stream order
+    def select(self, labels: Tensor) -> Tensor:
+        """Stride rule: mask of the items that are every k-th example of their class in stream order."""
         keep = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
         for c in torch.unique(labels).tolist():
             pos = (labels == c).nonzero(as_tuple=True)[0]
@@ -276,8 +271,22 @@ class ClassBalancedPolicy(BufferPolicy):
             order = torch.arange(start, start + len(pos), device=labels.device)
             keep[pos[order % self.stride == 0]] = True
             self._counters[int(c)] = start + len(pos)
-        codes, labels = codes[keep], labels[keep]
-        # 2) per class: merge with the stored items, truncate to the quota at random
+        return keep
+
+    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
+        if len(labels) == 0:
+            return
+        keep = self.select(labels)
+        self.admit(buffer, codes[keep], labels[keep])
+
+    def admit(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
+        """Merge already-selected items with the stored ones, truncating each class to its quota."""
+        if len(labels) == 0:
+            return
+        self.observe_classes(torch.unique(labels).tolist())
+        self.shrink(buffer)
+        q = self.quota(buffer)
+        # per class: merge with the stored items, truncate to the quota at random
         drop_old: List[Tensor] = []
         new_keep = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
         for c in torch.unique(labels).tolist():
@@ -841,8 +850,11 @@ class LatentReplayPlugin(SupervisedPlugin):
     :param grad_clamp: clamp every gradient element to ``[-grad_clamp, grad_clamp]`` before each step.
     :param augment: crop/mixup the replayed feature maps (:func:`augment_features`).
     :param store: ``"experience"``: after each experience walk its data once
-        through trunk + encoder and offer the codes (CRUMB); ``"stream"``: offer
-        the codes of every training mini-batch during the first epoch (REMIND);
+        through trunk + encoder and offer the codes; ``"last_pass"``: the same
+        selection, from the codes the last training epoch of the experience
+        already computed (no second trunk pass; selected codes are held until the
+        experience ends, then admitted: CRUMB's default); ``"stream"``: offer the
+        codes of every training mini-batch during the first epoch (REMIND);
         ``"none"``: never store (e.g. a no-replay ablation).
     :param fit_codec: when the codec is not fitted: ``"first_batch"`` fit it on
         the first training mini-batch; ``"first_experience"`` on the features of
@@ -878,7 +890,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3),
         mixup_alpha: Optional[float] = None,
         mixup_mode: Literal["halves", "permute"] = "halves",
-        store: Literal["experience", "stream", "none"] = "experience",
+        store: Literal["experience", "last_pass", "stream", "none"] = "experience",
         fit_codec: Literal["first_batch", "first_experience", "never"] = "first_batch",
         fit_max_items: Optional[int] = None,
         freeze_codec: bool = False,
@@ -891,7 +903,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         self._check_choice("replay_sampling", replay_sampling, ("absent_classes", "uniform"))
         self._check_choice("train_path", train_path, ("reconstructed", "direct", "both"))
         self._check_choice("eval_path", eval_path, ("direct", "reconstructed"))
-        self._check_choice("store", store, ("experience", "stream", "none"))
+        self._check_choice("store", store, ("experience", "last_pass", "stream", "none"))
         self._check_choice("fit_codec", fit_codec, ("first_batch", "first_experience", "never"))
         self._check_choice("mixup_mode", mixup_mode, ("halves", "permute"))
         if replay_sampling == "uniform" and replay != "none" and not replay_mb_size:
@@ -916,6 +928,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         self.mixup_alpha = mixup_alpha
         self.mixup_mode = mixup_mode
         self.store = store
+        self._staged: List[Tuple[Tensor, Tensor]] = []  # store="last_pass": selected codes of this experience
         self.fit_codec_on = fit_codec
         self.fit_max_items = fit_max_items
         self.freeze_codec = bool(freeze_codec)
@@ -1185,7 +1198,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         if not codec.is_fitted and self.fit_codec_on == "first_batch":  # type: ignore[union-attr]
             codec.fit(fd)  # type: ignore[union-attr]
         self._feats = fd
-        need_codes = self.train_path != "direct" or self.store == "stream"
+        need_codes = self.train_path != "direct" or self.store in ("stream", "last_pass")
         self._codes = self.encode(fd) if need_codes and codec.is_fitted else None  # type: ignore[union-attr]
         if self.train_path == "direct" or self._codes is None:
             new = f
@@ -1312,6 +1325,9 @@ class LatentReplayPlugin(SupervisedPlugin):
             strategy.model.feature_hook = None
         if self.store == "stream" and self._codes is not None and strategy.clock.train_exp_epochs == 0:
             self.store_codes(self._codes, strategy.mb_y)
+        if (self.store == "last_pass" and self._codes is not None
+                and strategy.clock.train_exp_epochs == strategy.train_epochs - 1):
+            self._stage_codes(self._codes, strategy.mb_y)
         self._feats = None
         self._codes = None
         self._joint = None
@@ -1320,6 +1336,22 @@ class LatentReplayPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         if self.store == "experience":
             self.store_experience(strategy)
+        elif self.store == "last_pass" and self._staged:
+            codes = torch.cat([c for c, _ in self._staged])
+            labels = torch.cat([y for _, y in self._staged])
+            self._staged = []
+            policy = self.buffer.policy  # type: ignore[union-attr]
+            (policy.admit if hasattr(policy, "admit") else policy.add)(self.buffer, codes, labels)
+
+    def _stage_codes(self, codes: Tensor, labels: Tensor) -> None:
+        """``store="last_pass"``: keep the codes the policy would select, to admit after the experience."""
+        if self.buffer is None:
+            return
+        policy = self.buffer.policy
+        keep = policy.select(labels) if hasattr(policy, "select") else torch.ones_like(labels, dtype=torch.bool)
+        if bool(keep.any()):
+            self._staged.append((codes[keep].detach().to(self.buffer.codes.device),
+                                 labels[keep].detach().long().to(self.buffer.codes.device)))
 
     # ------------------------------------------------------------------ evaluation hooks
     def _eval_hook(self, f: Tensor) -> Tensor:
