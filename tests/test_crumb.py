@@ -385,7 +385,7 @@ def test_last_pass_store_selects_like_a_second_walk_without_rerunning_the_trunk(
     for store in ("last_pass", "experience"):
         model = bn_model()
         calls = []
-        model.trunk.register_forward_hook(lambda *args: calls.append(1))
+        model.trunk.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, store=store)
         strat = naive(model, [plugin])
         strat.train_epochs = 2  # codes are taken from the last of the two epochs

@@ -1063,8 +1063,11 @@ class LatentReplayPlugin(SupervisedPlugin):
             if self._pending_codec_opt is not None:  # resumed from a checkpoint
                 try:
                     self.codec_optimizer.load_state_dict(self._pending_codec_opt)
-                except (ValueError, KeyError):
-                    pass
+                except (ValueError, KeyError) as e:
+                    raise CheckpointError(
+                        f"{type(self).__name__}: the checkpoint's codebook optimiser state does not fit this "
+                        f"codebook ({e}); rerun with --restart"
+                    ) from None
                 self._pending_codec_opt = None
         if self.codec_lr is None:  # follow the strategy's (possibly scheduled) learning rate
             lr = strategy.optimizer.param_groups[0].get("lr")
