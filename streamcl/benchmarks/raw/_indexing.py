@@ -196,3 +196,9 @@ def rooted(index_names, names: List[str], root: PathLike, **kw) -> pd.DataFrame:
         return index_names(names, **kw)
     except DatasetError as e:
         raise DatasetError(f"{e}\n(paths above are relative to {root})") from None
+
+
+def subfolder_or_root(root: PathLike, name: str) -> Path:
+    """``<root>/<name>`` when it exists, else ``root`` (users point at either level of a download)."""
+    root = Path(root)
+    return root / name if (root / name).is_dir() else root

@@ -51,8 +51,7 @@ def class_of(obj: int) -> int:
 
 def image_root(root: ix.PathLike) -> Path:
     """``<root>/core50_128x128``, or ``root`` itself when it holds the ``s*`` folders directly."""
-    root = Path(root)
-    return root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
+    return ix.subfolder_or_root(root, IMAGES_DIR)
 
 
 @ix.gc_paused

@@ -75,8 +75,7 @@ def image_name(cls: str, instance: int, background: int, camera: int, rotation: 
 
 def image_root(root: ix.PathLike) -> Path:
     """Folder holding the jpgs: ``<root>/train_img``, or ``root`` itself when it holds them directly."""
-    root = Path(root)
-    return root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
+    return ix.subfolder_or_root(root, IMAGES_DIR)
 
 
 @ix.gc_paused
