@@ -23,7 +23,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,14 +40,12 @@ _UNIONS = (Union, types.UnionType)
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_ENV_TOKENS: Dict[str, str] = {}
-_TOKEN = re.compile(r"__streamcl_env_\d+__")
+_TOKEN = re.compile(r"__streamcl_env_([0-9a-f]+)__")
 
 
 def _env_token(ref: str) -> str:
-    token = f"__streamcl_env_{len(_ENV_TOKENS)}__"
-    _ENV_TOKENS[token] = ref
-    return token
+    """``${VAR}`` as a plain-scalar-safe token that carries the reference itself (hex)."""
+    return f"__streamcl_env_{ref.encode().hex()}__"
 
 
 class _Loader(yaml.SafeLoader):
@@ -239,7 +237,7 @@ def expand_env(doc: Any, origins: Origins, path: KeyPath = ()) -> Any:
     if isinstance(doc, list):
         return [expand_env(v, origins, path + (i,)) for i, v in enumerate(doc)]
     if isinstance(doc, str) and "__streamcl_env_" in doc:
-        doc = _TOKEN.sub(lambda m: _ENV_TOKENS.get(m.group(0), m.group(0)), doc)
+        doc = _TOKEN.sub(lambda m: bytes.fromhex(m.group(1)).decode(), doc)
     if isinstance(doc, str) and "${" in doc:
 
         def sub(m: re.Match[str]) -> str:
@@ -586,7 +584,6 @@ class Experiment:
     cells: List[Cell]
     output_dir: Path
     pretrain: Optional[Dict[str, Any]] = None
-    overrides: List[str] = field(default_factory=list)
 
     @property
     def root(self) -> Path:
@@ -685,6 +682,4 @@ def load_experiment(path: Union[str, Path], overrides: Sequence[str] = ()) -> Ex
     for item in overrides:
         apply_override(doc, origins, item)
     doc = expand_env(doc, origins)
-    exp = validate(doc, origins, path)
-    exp.overrides = list(overrides)
-    return exp
+    return validate(doc, origins, path)

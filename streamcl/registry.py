@@ -45,13 +45,6 @@ class Entry:
             out[p.name] = p
         return out
 
-    def accepts_var_kwargs(self) -> bool:
-        try:
-            sig = inspect.signature(self.factory)
-        except (TypeError, ValueError):
-            return True
-        return any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-
     def wants(self, name: str) -> bool:
         """True when the factory declares a parameter called ``name`` (used for injection)."""
         try:
