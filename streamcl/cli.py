@@ -112,6 +112,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except StreamclError as e:
         print(f"streamcl: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` & co.: stop quietly, like other CLI tools
+        sys.stderr.close()
+        return 0
     except OSError as e:  # unwritable output folder, full disk ...: the path and the reason, no traceback
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"streamcl: error: {where}{e.strerror or e}; check the path and its permissions "

@@ -9,6 +9,7 @@ streams with the trunk frozen. An experiment states it once::
       plugin: {name: crumb, n_blocks: 256, block_dim: 16}
       epochs: 10
       mb_size: 128
+      train_trunk: false   # true: also train the trunk (ImageNet-style pretraining on the base set)
 
 The runner trains once per experiment (``<output_dir>/<name>/pretrain/crumb.pt``,
 reused while its config is unchanged), and every cell whose model takes
@@ -35,10 +36,11 @@ PRETRAIN_KEYS: Dict[str, Any] = {
     "momentum": float,
     "weight_decay": float,
     "direct_loss": bool,
+    "train_trunk": bool,
     "max_steps": Optional[int],
 }
 DEFAULTS = {"epochs": 10, "mb_size": 128, "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "direct_loss": True,
-            "max_steps": None}
+            "train_trunk": False, "max_steps": None}
 
 
 def check_pretrain(c, path, value) -> Dict[str, Any]:
@@ -81,8 +83,8 @@ def attach_pretrained(exp) -> None:
         cfg = cell.config
         if MODELS.get(cfg["model"]["name"]).wants("weights") and cfg["model"].get("weights") is None:
             cfg["model"]["weights"] = target
-        for p in cfg["plugins"]:
-            if p["name"] == "crumb" and p.get("pretrained") is None:
+        for p in cfg["plugins"]:  # (the raw-features ablation has no codebook to take)
+            if p["name"] == "crumb" and p.get("pretrained") is None and p.get("storage") != "raw_features":
                 p["pretrained"] = target
         if cfg["strategy"]["name"] == "crumb" and cfg["strategy"].get("pretrained") is None:
             cfg["strategy"]["pretrained"] = target
@@ -121,7 +123,8 @@ def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
     print(f"[pretrain] CRUMB on {cfg['benchmark']['name']}: {len(data)} images, {cfg['epochs']} epochs", flush=True)
     losses = plugin.pretrain(
         model, data, epochs=cfg["epochs"], mb_size=cfg["mb_size"], lr=cfg["lr"], momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"], direct_loss=cfg["direct_loss"], device=device, max_steps=cfg["max_steps"],
+        weight_decay=cfg["weight_decay"], direct_loss=cfg["direct_loss"], train_trunk=cfg["train_trunk"],
+        device=device, max_steps=cfg["max_steps"],
     )
     plugin.save_pretrained(out, model.cpu())
     tmp = meta.with_suffix(".json.tmp")

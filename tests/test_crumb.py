@@ -240,11 +240,14 @@ def test_flags_validation():
 
 def test_memory_in_bytes_and_distmatch_preset_from_model():
     model = small_cnn_cut(4, width=8, seed=0)
-    plugin = CRUMBPlugin(memory={"bytes": 10 * (8 * 8 * 4 + 2)}, n_blocks=16, block_dim=4)
+    codebook_nbytes = 16 * 4 * 4  # the byte budget pays for the float32 codebook first
+    plugin = CRUMBPlugin(memory={"bytes": codebook_nbytes + 10 * (8 * 8 * 4 + 2) + 5}, n_blocks=16, block_dim=4)
     strat = naive(model, [plugin], mb=6)
     bm = tiny_stream(size=32)
     strat.train(bm.train_stream[0])
     assert plugin.buffer.capacity == 10 and len(plugin.buffer) == 10
+    assert plugin.codec.state_nbytes() - codebook_nbytes < 5  # plus the fitted flag
+    assert plugin.replay_nbytes() == plugin.codec.state_nbytes() + 10 * (8 * 8 * 4 + 2) <= plugin.budget.bytes
     from streamcl.models import squeezenet_cut
 
     sq = squeezenet_cut(3, cut_layer=3)
@@ -318,6 +321,25 @@ def test_pretrain_save_load(tmp_path):
     assert len(h) == 1
 
 
+def test_pretrain_with_train_trunk_trains_then_refreezes_the_trunk():
+    from torch.utils.data import TensorDataset
+
+    data = TensorDataset(torch.randn(12, 3, 16, 16), torch.randint(0, 4, (12,)))
+    model = bn_model()
+    before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
+    pretrain_crumb(model, MemoryBlockCodec(16, 4, seed=0), data, epochs=1, mb_size=4)
+    assert all(torch.equal(v, model.trunk.state_dict()[k]) for k, v in before.items())  # default: trunk untouched
+    pretrain_crumb(model, MemoryBlockCodec(16, 4, seed=0), data, epochs=1, mb_size=4, lr=0.1, train_trunk=True)
+    after = model.trunk.state_dict()
+    assert not torch.equal(before["0.weight"], after["0.weight"])  # conv weights learned
+    assert not torch.equal(before["1.running_mean"], after["1.running_mean"])  # BN statistics too
+    # frozen again for streaming: no gradients, BatchNorm in eval mode even under .train()
+    assert model.freeze_trunk and not any(p.requires_grad for p in model.trunk.parameters())
+    assert not model.train().trunk.training
+    with pytest.raises(StreamclError, match="train_trunk needs direct_loss"):
+        pretrain_crumb(model, MemoryBlockCodec(16, 4), data, epochs=1, direct_loss=False, train_trunk=True)
+
+
 def test_crumb_strategy_and_registry():
     from avalanche.training import Naive
 
@@ -381,19 +403,85 @@ def test_online_stream_mini_experiences():
 
 
 def test_last_pass_store_selects_like_a_second_walk_without_rerunning_the_trunk():
-    trunk_calls, buffers = {}, {}
+    trunk_images, buffers = {}, {}
     for store in ("last_pass", "experience"):
         model = bn_model()
         calls = []
-        model.trunk.register_forward_hook(lambda *args, calls=calls: calls.append(1))
+        model.trunk.register_forward_hook(lambda mod, inp, out, calls=calls: calls.append(len(inp[0])))
         plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, store=store)
         strat = naive(model, [plugin])
         strat.train_epochs = 2  # codes are taken from the last of the two epochs
         for exp in tiny_stream().train_stream:
             strat.train(exp, shuffle=False)
-        trunk_calls[store], buffers[store] = len(calls), plugin.buffer
+        trunk_images[store], buffers[store] = sum(calls), plugin.buffer
     assert buffers["last_pass"].items_per_class() == buffers["experience"].items_per_class() == {0: 2, 1: 2, 2: 2, 3: 2}
     assert buffers["last_pass"].codes.dtype == torch.uint8
-    # 12 images per experience, batches of 4: 2 epochs x 3 batches; the second walk adds 2 more (batches of 8).
-    assert trunk_calls["last_pass"] == 2 * 2 * 3
-    assert trunk_calls["experience"] == 2 * 2 * 3 + 2 * 2
+    # 2 experiences x 12 images x 2 epochs of training; "experience" re-encodes only the items it
+    # stores with the final codebook: 4 per class after the first experience (quota 8 / 2 classes),
+    # 2 per new class after the second.
+    assert trunk_images["last_pass"] == 2 * 12 * 2
+    assert trunk_images["experience"] == 2 * 12 * 2 + 2 * 4 + 2 * 2
+
+
+def test_experience_store_keeps_codes_of_the_final_codebook():
+    # store="experience" re-encodes the kept items after the experience: every stored code row
+    # is the final codebook's code of one of that class's training images (last_pass codes are
+    # the ones computed while the codebook was still moving).
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=6, n_blocks=16, block_dim=4, seed=0, store="experience")
+    strat = naive(model, [plugin])
+    exp = tiny_stream().train_stream[0]
+    strat.train(exp, shuffle=False)
+    x = torch.stack([exp.dataset[i][0] for i in range(len(exp.dataset))])
+    y = torch.tensor([int(exp.dataset[i][1]) for i in range(len(exp.dataset))])
+    model.eval()
+    with torch.no_grad():
+        fresh = plugin.codec.encode(model.trunk(x))
+    assert len(plugin.buffer) == 6
+    for code, label in zip(plugin.buffer.codes[: len(plugin.buffer)], plugin.buffer.valid_labels()):
+        same_class = fresh[y == int(label)]
+        assert any(torch.equal(code, c) for c in same_class)
+
+
+def test_raw_features_storage_ablation_keeps_float16_maps_under_the_same_rules():
+    from streamcl.models import IdentityCodec
+
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=8, storage="raw_features", seed=0)
+    strat = naive(model, [plugin])
+    stream = tiny_stream()
+    for exp in stream.train_stream:
+        strat.train(exp, shuffle=False)
+    assert isinstance(plugin.codec, IdentityCodec) and plugin.train_path == "direct"
+    assert plugin.buffer.items_per_class() == {0: 2, 1: 2, 2: 2, 3: 2}  # CRUMB's class-balanced rule
+    assert plugin.replay_steps > 0
+    # stored items are the trunk's maps as float16: decoding gives back those values exactly
+    x = stream.train_stream[1].dataset[0][0][None]
+    with torch.no_grad():
+        f = model.trunk(x)
+    assert torch.equal(plugin.codec.decode(plugin.codec.encode(f)), f.half().float())
+    assert plugin.replay_nbytes() == 8 * (8 * 8 * 8 * 2 + 2)  # C*H*W float16 + int16 label, no codec state
+    fresh = CRUMBPlugin(memory=8, storage="raw_features")
+    fresh.load_state_dict(roundtrip(plugin.state_dict()))
+    assert torch.equal(fresh.buffer.codes, plugin.buffer.codes)
+    with pytest.raises(ConfigError, match="raw_features"):
+        CRUMBPlugin(storage="raw_features", freeze_memory=True)
+
+
+def test_stream_store_protects_a_class_while_the_next_one_trains():
+    # store="stream": codes are admitted as the first epoch goes, so the first class of an
+    # experience is in the buffer (and replayed) while the experience's second class trains.
+    model = bn_model()
+    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, store="stream")
+    strat = naive(model, [plugin])
+    seen_in_buffer = []
+    plugin_after = plugin.after_training_iteration
+
+    def spy(strategy, *a, **k):
+        plugin_after(strategy, *a, **k)
+        seen_in_buffer.append(set(plugin.buffer.items_per_class()))
+
+    plugin.after_training_iteration = spy
+    strat.train(tiny_stream().train_stream[0], shuffle=False)  # class 0 then class 1, 6 images each
+    assert seen_in_buffer[0] == {0} and seen_in_buffer[-1] == {0, 1}
+    assert plugin.replay_steps > 0  # class 0 was replayed during class 1's batches

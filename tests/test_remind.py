@@ -24,7 +24,7 @@ from avalanche.benchmarks.utils.flat_data import ConstantSequence  # noqa: E402
 from avalanche.training import Naive  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from streamcl.errors import StreamclError  # noqa: E402
+from streamcl.errors import ConfigError, StreamclError  # noqa: E402
 from streamcl.models import small_cnn_cut  # noqa: E402
 from streamcl.models.pq import PQCodec, PQConfigError  # noqa: E402
 from streamcl.plugins.remind import PerClassStepLR, REMINDPlugin  # noqa: E402
@@ -150,6 +150,7 @@ def test_pq_round_trip_matches_faiss():
     alt = codec._encode_cuda(x.permute(0, 2, 3, 1).reshape(-1, 32).contiguous()).reshape(codes.shape)
     assert (alt == codes).float().mean() > 0.99
     assert codec.state_nbytes() == 8 * 256 * 4 * 4  # float32 centroids: M x 256 x C/M
+    assert PQCodec(num_codebooks=8).state_nbytes_for((32, 4, 4)) == codec.state_nbytes()  # known before fitting
 
 
 def test_pq_bytes_per_item_and_code_shape():
@@ -262,6 +263,15 @@ def test_base_init_caps_buffer_and_evicts_largest_class(stream):
     assert max(counts.values()) - min(counts.values()) <= 1
     # replay bytes: codes + int16 labels + float32 PQ centroids
     assert plugin.replay_nbytes() == 30 * 4 * 4 * 4 + 30 * 2 + 4 * 256 * 4 * 4
+
+    # a byte budget is the whole memory: the centroids are paid first, then 66 B per item
+    centroids = 4 * 256 * 4 * 4
+    plugin = _plugin(memory={"bytes": centroids + 30 * 66 + 65})
+    _strategy(plugin).train(stream.train_stream[0])
+    assert plugin.buffer.capacity == 30 and plugin.replay_nbytes() <= plugin.budget.bytes
+    plugin = _plugin(memory={"bytes": centroids - 1})
+    with pytest.raises(ConfigError, match="smaller than the codec's own state"):
+        _strategy(plugin).train(stream.train_stream[0])
 
 
 def test_per_sample_mode_one_new_plus_n_replay_per_step(stream):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from streamcl.config import load_experiment
@@ -155,15 +156,17 @@ def test_stream_accuracy_is_recorded_per_experience(tmp_path, synthetic_root):
 def test_pretrain_phase_feeds_every_cell(tmp_path, synthetic_root, capsys):
     path = experiment(tmp_path, synthetic_root, {
         "crumb": {"plugins": [{"name": "crumb", "memory": 40, "n_blocks": 32, "block_dim": 8}]},
+        "crumb_raw": {"plugins": [{"name": "crumb", "memory": 40, "storage": "raw_features"}]},
         "naive": {},
     }, n_classes=4)
     doc = yaml.safe_load(path.read_text())
     doc["pretrain"] = {
-        # A different base dataset (CORe50's layout), trained offline in one experience.
+        # A different base dataset (CORe50's layout, classes the stream does not have), trained offline
+        # in one experience, trunk included (the paper's ImageNet stage).
         "benchmark": {"name": "synthetic", "root": str(synthetic_root), "layout": "core50", "n_classes": 3,
-                      "n_objects": 2, "image_size": 32, "protocol": "offline"},
+                      "first_class": 4, "n_objects": 2, "image_size": 32, "protocol": "offline"},
         "plugin": {"name": "crumb", "n_blocks": 32, "block_dim": 8},
-        "epochs": 1, "mb_size": 32, "max_steps": 5,
+        "epochs": 1, "mb_size": 32, "max_steps": 5, "train_trunk": True,
     }
     path.write_text(yaml.safe_dump(doc))
     exp = load_experiment(path)
@@ -171,10 +174,13 @@ def test_pretrain_phase_feeds_every_cell(tmp_path, synthetic_root, capsys):
     crumb_cfg = next(c for c in exp.cells if c.name == "crumb").config
     assert crumb_cfg["model"]["weights"] == target and crumb_cfg["plugins"][0]["pretrained"] == target
     assert next(c for c in exp.cells if c.name == "naive").config["model"]["weights"] == target
+    raw_cfg = next(c for c in exp.cells if c.name == "crumb_raw").config  # no codebook to take, weights yes
+    assert raw_cfg["plugins"][0].get("pretrained") is None and raw_cfg["model"]["weights"] == target
     assert exp.pretrain["model"]["name"] == "small_cnn_cut" and exp.pretrain["model"].get("weights") is None
 
     root = run_experiment(exp, progress=False)
-    assert (root / "pretrain" / "crumb.pt").exists()
+    saved = torch.load(root / "pretrain" / "crumb.pt", weights_only=True)["model"]
+    assert saved["trunk.bn1.running_mean"].abs().sum() > 0  # the trunk trained (a frozen one keeps zeros)
     assert json.loads((root / "crumb" / "run0" / "summary.json").read_text())["stored_bytes"] > 0
     capsys.readouterr()
     run_experiment(load_experiment(path), progress=False)  # everything done: pretraining is reused

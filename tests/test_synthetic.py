@@ -159,4 +159,24 @@ def test_generate_rejects_bad_options(tmp_path):
         synthetic.generate("icubworld", tmp_path / "i", n_sessions=6)
     with pytest.raises(StreamclError, match="n_classes must be 1..10"):
         synthetic.generate("core50", tmp_path / "c", n_classes=11)
+    with pytest.raises(StreamclError, match="first_class \\+ n_classes must be <= 12"):
+        synthetic.generate("toybox", tmp_path / "t", n_classes=6, first_class=7)
     assert not (tmp_path / "t").exists()
+
+
+def test_first_class_gives_a_disjoint_class_set(tmp_path):
+    # a pretraining set with first_class=2 shares no class (folder, label or look) with the first two
+    kw = dict(n_classes=2, n_objects=1, n_sessions=1, image_size=16, extras=False)
+    a = synthetic.generate("core50", tmp_path / "a", **kw)
+    b = synthetic.generate("core50", tmp_path / "b", first_class=2, **kw)
+    objs = lambda root: {p.name for p in (root / "core50_128x128" / "s1").iterdir()}  # noqa: E731
+    assert objs(a) == {"o1", "o6"} and objs(b) == {"o11", "o16"}  # 5 objects per CORe50 class
+    assert json.loads((b / synthetic.MARKER).read_text())["first_class"] == 2
+    assert "first_class" not in json.loads((a / synthetic.MARKER).read_text())  # older trees stay valid
+    t = synthetic.generate("toybox", tmp_path / "t", n_classes=1, n_objects=1, n_sessions=1, n_frames=1,
+                           image_size=16, first_class=11, extras=False)
+    names = {p.name.split("_")[0] for p in t.rglob("*.mp4")}
+    assert len(names) == 1 and names.isdisjoint(
+        {p.name.split("_")[0] for p in synthetic.generate(
+            "toybox", tmp_path / "t0", n_classes=1, n_objects=1, n_sessions=1, n_frames=1, image_size=16,
+            extras=False).rglob("*.mp4")})

@@ -403,6 +403,7 @@ def synthetic(
     n_classes: int = 6,
     n_objects: int = 3,
     seed: int = 0,
+    first_class: int = 0,
     classes_per_exp: Optional[int] = None,
     n_experiences: Optional[int] = None,
     test_sessions: Optional[List[int]] = None,
@@ -415,10 +416,14 @@ def synthetic(
 
     The default (6 classes x 3 objects, 3 experiences of 2 classes, 64 px) is
     the demo experiment's benchmark. Generation is cached under
-    ``root/<layout>-<hash of the sizes>``; the same sizes reuse it.
+    ``root/<layout>-<hash of the sizes>``; the same sizes reuse it. ``first_class``
+    skips that many classes of the layout's class table: a pretraining set with
+    ``first_class: 6`` shares no class with a 6-class stream (see
+    ``experiments/synthetic/paper_toybox.yaml``).
     """
     prepared = ensure_synthetic(
-        root, layout, n_classes=n_classes, n_objects=n_objects, image_size=image_size, seed=seed
+        root, layout, n_classes=n_classes, n_objects=n_objects, image_size=image_size, seed=seed,
+        first_class=first_class,
     )
     return _from_prepared(
         layout,
@@ -444,6 +449,7 @@ def ensure_synthetic(
     n_objects: int,
     image_size: int,
     seed: int,
+    first_class: int = 0,
 ) -> Path:
     """Generate + prepare a synthetic ``layout`` tree under ``root`` unless already done; returns the prepared dir.
 
@@ -459,6 +465,8 @@ def ensure_synthetic(
         )
     name = importlib.import_module(f"streamcl.benchmarks.raw.{_DATASET_MODULES[layout]}").NAME
     sizes = dict(n_classes=n_classes, n_objects=n_objects, image_size=image_size, seed=seed)
+    if first_class:  # only when set, so trees generated before the option keep their folder
+        sizes["first_class"] = first_class
     key = hashlib.sha1(json.dumps([name, sizes], sort_keys=True).encode()).hexdigest()[:10]
     base = Path(root) / f"{layout}-{key}"
     marker = base / "done.json"

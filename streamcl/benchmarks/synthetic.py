@@ -164,6 +164,7 @@ def generate(
     n_frames: Optional[int] = None,
     image_size: int = 64,
     seed: int = 0,
+    first_class: int = 0,
     **kw: Any,
 ) -> Path:
     """Write a small learnable tree in ``name``'s native raw layout under ``root`` and return ``root``.
@@ -171,6 +172,8 @@ def generate(
     Idempotent: a complete tree with the same parameters is left as it is; a tree killed
     half-way is rewritten. ``n_frames`` is per dataset: toybox seconds per video, iLab
     images per background, CORe50 sampled frames per session, iCub raw frames per session.
+    ``first_class`` skips that many classes of the dataset's class table, so that, e.g., a
+    pretraining set (``first_class=6``) shares no class with the stream (``first_class=0``).
     Extra keywords: toybox ``household_spelling`` (bool), ``fps`` (video frame rate, 2);
     all: ``extras`` (bool, default True: add the irregular items the balancing rules drop).
     """
@@ -186,19 +189,23 @@ def generate(
         "n_frames": int(n_frames or d_frames),
         "image_size": int(image_size),
         "seed": int(seed),
+        **({"first_class": int(first_class)} if first_class else {}),  # absent when 0: older trees stay valid
         **kw,
     }
     gen = _GENERATORS[name]
     extra = inspect.signature(gen).parameters
-    unknown = [k for k in kw if k not in extra or k == "root"]
+    unknown = [k for k in kw if k not in extra or k in ("root", "first_class")]
     if unknown:
-        options = [k for k in extra if k not in ("root", *params)]
+        options = [k for k in extra if k not in ("root", "first_class", *params)]
         raise StreamclError(
             f"synthetic {name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(options)}"
         )
     c_max, s_max = _LIMITS[name]
     if not 1 <= params["n_classes"] <= c_max:
         raise StreamclError(f"synthetic {name}: n_classes must be 1..{c_max}, got {params['n_classes']}")
+    if not 0 <= int(first_class) <= c_max - params["n_classes"]:
+        raise StreamclError(f"synthetic {name}: first_class + n_classes must be <= {c_max} classes, "
+                            f"got {first_class} + {params['n_classes']}")
     if not 1 <= params["n_sessions"] <= s_max:
         raise StreamclError(f"synthetic {name}: n_sessions must be 1..{s_max}, got {params['n_sessions']}")
     if params["n_objects"] < 1 or params["n_frames"] < 1 or params["image_size"] < 8:
@@ -269,20 +276,20 @@ _TOYBOX_MOTION = {
 }  # fmt: skip
 
 
-def _toybox(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed,
+def _toybox(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, first_class=0,
             household_spelling: bool = False, fps: int = 2, extras: bool = True) -> None:  # fmt: skip
     size = image_size + image_size % 2  # yuv420p needs even sides
     transforms = list(toybox_mod.SESSIONS)[:n_sessions]
-    cats = sorted(toybox_mod.CLASSES, key=toybox_mod.CLASSES.get)[:n_classes]
-    for ci, cat in enumerate(cats):
+    cats = sorted(toybox_mod.CLASSES, key=toybox_mod.CLASSES.get)[first_class : first_class + n_classes]
+    for ci, cat in enumerate(cats, start=first_class):
         sup = toybox_mod.SUPERCATEGORY_OF[cat]
         if sup == "households" and household_spelling:
             sup = "household"
         objs = [(nn, transforms) for nn in range(1, n_objects + 1)]
-        if extras and ci == 0:  # one object missing a session: dropped by the balancing rules
+        if extras and ci == first_class:  # one object missing a session: dropped by the balancing rules
             objs.append((n_objects + 1, transforms[:-1]))
         for nn, trs in objs:
-            todo = list(trs) + (["present"] if extras and ci == 0 and nn == 1 else [])
+            todo = list(trs) + (["present"] if extras and ci == first_class and nn == 1 else [])
             for si, tr in enumerate(todo):
                 seconds = n_frames
                 if (nn + si) % 4 == 1:
@@ -298,19 +305,19 @@ def _toybox(root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_siz
 
 
 def _ilab(
-    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True
+    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, first_class=0, extras: bool = True
 ) -> None:
     img = root / ilab_mod.IMAGES_DIR
     img.mkdir(parents=True, exist_ok=True)
-    classes = sorted(ilab_mod.CLASSES, key=ilab_mod.CLASSES.get)[:n_classes]
+    classes = sorted(ilab_mod.CLASSES, key=ilab_mod.CLASSES.get)[first_class : first_class + n_classes]
     todo: List[Tuple[str, int, int, int]] = []  # (class, class index, instance, n backgrounds)
-    for ci, cls in enumerate(classes):
+    for ci, cls in enumerate(classes, start=first_class):
         for j in range(n_objects):
             todo.append((cls, ci, 3 * j + 2, n_sessions))
         if extras:  # too few backgrounds: dropped
             todo.append((cls, ci, 3 * n_objects + 5, max(1, ilab_mod.SESSIONS_PER_OBJECT - 2)))
     if extras:
-        todo.append(("semi", len(classes), 1, n_sessions))  # dropped class
+        todo.append(("semi", first_class + len(classes), 1, n_sessions))  # dropped class
     n_cam = max(1, math.ceil(n_frames / 8))
     for cls, ci, inst, n_bg in todo:
         bgs = [7 * b + inst % 5 + 1 for b in range(n_bg + (1 if extras else 0))]
@@ -325,14 +332,14 @@ def _ilab(
 
 
 def _core50(
-    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True
+    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, first_class=0, extras: bool = True
 ) -> None:
     if n_objects > core50_mod.OBJECTS_PER_CLASS:
         raise StreamclError(f"synthetic core50: n_objects must be <= {core50_mod.OBJECTS_PER_CLASS}")
     img = root / core50_mod.IMAGES_DIR
     sampled = [core50_mod.FIRST_FRAME + core50_mod.FRAME_STEP * j for j in range(n_frames)]
     frames = sorted(set(sampled) | ({0, 20, sampled[-1] + 5} if extras else set()))
-    for ci in range(n_classes):
+    for ci in range(first_class, first_class + n_classes):
         for j in range(n_objects):
             o = ci * core50_mod.OBJECTS_PER_CLASS + j + 1
             for s in range(1, n_sessions + 1):
@@ -342,11 +349,11 @@ def _core50(
 
 
 def _icub(
-    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, extras: bool = True
+    root: Path, *, n_classes, n_objects, n_sessions, n_frames, image_size, seed, first_class=0, extras: bool = True
 ) -> None:
-    cats = sorted(icub_mod.CLASSES, key=icub_mod.CLASSES.get)[:n_classes]
+    cats = sorted(icub_mod.CLASSES, key=icub_mod.CLASSES.get)[first_class : first_class + n_classes]
     sessions = list(icub_mod.SESSIONS)[:n_sessions]
-    for ci, cat in enumerate(cats):
+    for ci, cat in enumerate(cats, start=first_class):
         for i in range(1, n_objects + 1):
             for si, sess in enumerate(sessions):
                 n = n_frames + 7 * ((i + si) % 3)  # unbalanced on purpose

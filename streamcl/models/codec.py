@@ -77,6 +77,10 @@ class Codec(nn.Module):
             total += t.numel() * t.element_size()
         return total
 
+    def state_nbytes_for(self, feature_shape: Sequence[int]) -> int:
+        """Bytes :meth:`state_nbytes` will take once fitted on ``(C, H, W)`` maps (byte budgets charge it up front)."""
+        return self.state_nbytes()
+
     @property
     def learnable(self) -> bool:
         """True when the codec has parameters that require gradients (it then gets its own optimiser)."""

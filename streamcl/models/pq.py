@@ -169,6 +169,12 @@ class PQCodec(Codec):
         """Bytes of codec state that must be kept with the codes: the centroid table."""
         return int(self.centroids.numel() * self.centroids.element_size())
 
+    def state_nbytes_for(self, feature_shape: Sequence[int]) -> int:
+        """Centroid bytes after fitting on ``(C, H, W)`` maps: ``2**nbits * C`` float32 values."""
+        c = int(tuple(feature_shape)[-3])
+        self._check_divides(c)
+        return self.ksub * c * 4
+
     def extra_repr(self) -> str:
         fitted = f"d={self.dim}" if self.is_fitted else "not fitted"
         return f"M={self.num_codebooks}, nbits={self.nbits}, {fitted}"

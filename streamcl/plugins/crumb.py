@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
 from streamcl.models.codebook import DISTMATCH_PRESETS, INITS, MemoryBlockCodec, distmatch_preset
+from streamcl.models.codec import Codec, IdentityCodec
 from streamcl.models.splitnet import classifier_prefix, is_splitnet
 from streamcl.models.weights import load_matching
 from streamcl.plugins.latent_replay import LatentReplayPlugin, _splitnet_or_raise
@@ -61,6 +62,7 @@ def pretrain_crumb(
     weight_decay: float = 1e-4,
     optimizer: Optional[torch.optim.Optimizer] = None,
     direct_loss: bool = True,
+    train_trunk: bool = False,
     clamp: Optional[float] = None,
     device: Union[str, torch.device] = "cpu",
     shuffle: bool = True,
@@ -78,6 +80,10 @@ def pretrain_crumb(
     :param model: a :class:`~streamcl.models.SplitNet`.
     :param codec: the codebook to train (a ``"first_batch"`` init is fitted on the first batch).
     :param data: a ``Dataset`` yielding ``(x, y, ...)`` or a ready ``DataLoader``.
+    :param train_trunk: also train the trunk (through the direct term), i.e. the
+        ImageNet-style pretraining of the whole network that the paper starts from,
+        done here on a base set when no pretrained weights can be had; the trunk
+        is frozen again afterwards.
     :param optimizer: optional optimiser over head + codebook parameters (default: SGD as above).
     :param max_steps: stop after this many mini-batches (smoke tests).
     :return: mean loss of each epoch.
@@ -85,6 +91,8 @@ def pretrain_crumb(
     from torch.utils.data import DataLoader
 
     model = _splitnet_or_raise(model, "pretrain_crumb")
+    if train_trunk and not direct_loss:
+        raise StreamclError("pretrain_crumb: train_trunk needs direct_loss (the trunk learns through head(trunk(x)) only)")
     device = torch.device(device)
     model.to(device)
     codec.to(device)
@@ -95,10 +103,26 @@ def pretrain_crumb(
         if seed is not None:
             g.manual_seed(int(seed))
         loader = DataLoader(data, batch_size=mb_size, shuffle=shuffle, num_workers=num_workers, generator=g)
+    frozen = bool(getattr(model, "freeze_trunk", False))
+    if train_trunk:
+        model.freeze_trunk = False
+        model.trunk.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in codec.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     ce = nn.CrossEntropyLoss()
     model.train()
+    try:
+        return _pretrain_epochs(model, codec, loader, opt, params, ce, epochs=epochs, direct_loss=direct_loss,
+                                clamp=clamp, device=device, max_steps=max_steps)
+    finally:
+        if train_trunk and frozen:  # back to a frozen trunk (no gradients, eval-mode BatchNorm) for streaming
+            model.freeze_trunk = True
+            model.trunk.requires_grad_(False)
+            model.trunk.eval()
+
+
+def _pretrain_epochs(model, codec, loader, opt, params, ce, *, epochs, direct_loss, clamp, device, max_steps):
+    """The epoch loop of :func:`pretrain_crumb`: mean loss of each epoch."""
     history: List[float] = []
     steps = 0
     for _ in range(int(epochs)):
@@ -210,8 +234,9 @@ class CRUMBPlugin(LatentReplayPlugin):
     settings are the defaults; the ablations are switches.
 
     :param memory: replay budget: items (``417``), ``{"items": 417}`` or
-        ``{"bytes": "2.26MB"}`` (codes + int16 label per item; 417 items at 5408 B
-        each fit in 2.26 MB).
+        ``{"bytes": "2.26MB"}`` (the whole memory: the float32 codebook, then codes +
+        int16 label per item; 417 items at 5408 code bytes plus a 256 x 16 codebook
+        take 2.272 MB; the paper's 2.255 MB counts the codes only).
     :param n_blocks: codebook rows (256; more than 256 stores int16 codes).
     :param block_dim: codebook row length L (16; must divide the trunk's channels).
     :param init: codebook init: ``distmatch_sparse`` (default), ``distmatch_dense``,
@@ -225,15 +250,22 @@ class CRUMBPlugin(LatentReplayPlugin):
     :param direct_loss_only: ablation: train new data on ``head(f)`` instead of the reconstruction.
     :param plus_direct_loss: ablation: add ``CE(head(f))`` to the reconstructed-path loss.
     :param no_replay: ablation: no replay step (and nothing stored).
+    :param storage: ``codes`` (CRUMB) or ``raw_features`` (ablation, the authors'
+        ``storage_type="raw_feature"``: store the trunk's feature maps uncompressed,
+        as float16, train new data on the direct path; the same buffer and replay
+        rules, so it separates what the codebook's compression costs from the rest).
     :param replay_weight: weight of the replay loss (5).
     :param clamp: element-wise gradient clamp (10); null disables it.
     :param mask_eval_logits: predict among seen classes only at evaluation (as the authors' code).
     :param eval_path: ``direct`` (the paper: ``head(trunk(x))``) or ``reconstructed`` (ablation:
         ``head(decode(encode(trunk(x))))``, the path CRUMB's streaming loss trains).
-    :param store: which codes fill the buffer after each experience, chosen by the same
-        every-k-th-per-class rule: ``last_pass`` (default) those computed during the
-        experience's last training epoch, so the trunk runs once per image;
-        ``experience`` a second walk over the experience with the final codebook.
+    :param store: which codes fill the buffer, chosen by the same every-k-th-per-class
+        rule: ``last_pass`` (default) those computed during the experience's last
+        training epoch, admitted after it, so the trunk runs once per image;
+        ``experience`` after the experience, the items that will be kept are
+        re-encoded with the final codebook (the trunk runs again on those only);
+        ``stream`` every training mini-batch of the first epoch is offered as it
+        arrives (REMIND's timing: a class is protected while the next one trains).
     :param augment: random resized crops of replayed feature maps (the authors'
         optional ``use_random_resize_crops``; off in the paper's main results).
     :param crop_scale_min: smallest crop area fraction when ``augment`` (4/13 at 13x13).
@@ -256,11 +288,12 @@ class CRUMBPlugin(LatentReplayPlugin):
         direct_loss_only: bool = False,
         plus_direct_loss: bool = False,
         no_replay: bool = False,
+        storage: Literal["codes", "raw_features"] = "codes",
         replay_weight: float = 5.0,
         clamp: Optional[float] = 10.0,
         mask_eval_logits: bool = True,
         eval_path: Literal["direct", "reconstructed"] = "direct",
-        store: Literal["last_pass", "experience"] = "last_pass",
+        store: Literal["last_pass", "experience", "stream"] = "last_pass",
         augment: bool = False,
         crop_scale_min: float = 4 / 13,
         pretrained: Optional[str] = None,
@@ -277,7 +310,13 @@ class CRUMBPlugin(LatentReplayPlugin):
             raise ConfigError(f"n_blocks={n_blocks} exceeds 32768 (int16 codes)", key="n_blocks")
         if not 0 < crop_scale_min <= 1:
             raise ConfigError(f"crop_scale_min must lie in (0, 1], got {crop_scale_min}", key="crop_scale_min")
-        train_path = "direct" if direct_loss_only else ("both" if plus_direct_loss else "reconstructed")
+        if storage not in ("codes", "raw_features"):
+            raise ConfigError(f"invalid value {storage!r}; valid: codes, raw_features", key="storage")
+        raw = storage == "raw_features"
+        if raw and (pretrained or freeze_memory):
+            raise ConfigError("raw_features has no codebook to load or freeze; drop pretrained / freeze_memory",
+                              key="storage")
+        train_path = "direct" if direct_loss_only or raw else ("both" if plus_direct_loss else "reconstructed")
         super().__init__(
             None,
             memory=memory,
@@ -299,6 +338,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             buffer_device=buffer_device,
             seed=seed,
         )
+        self.storage = storage
         self.n_blocks = int(n_blocks)
         self.block_dim = int(block_dim)
         self.init = init
@@ -310,8 +350,8 @@ class CRUMBPlugin(LatentReplayPlugin):
             self.load_pretrained(pretrained)
 
     # ------------------------------------------------------------------ codec
-    def make_codec(self, feature_shape: Tuple[int, int, int], model: nn.Module) -> MemoryBlockCodec:
-        """Build the codebook.
+    def make_codec(self, feature_shape: Tuple[int, int, int], model: nn.Module) -> Codec:
+        """Build the codebook (a float16 :class:`IdentityCodec` for ``storage="raw_features"``).
 
         Distmatch std / sparsity not given explicitly come from the paper's preset
         when the model is a pretrained cut that has one (SqueezeNet cut 12 / 3,
@@ -319,6 +359,8 @@ class CRUMBPlugin(LatentReplayPlugin):
         measured on the first feature batch (``match_features``), since a random
         or unfamiliar trunk has other feature statistics.
         """
+        if self.storage == "raw_features":
+            return IdentityCodec()
         meta = getattr(model, "meta", {}) or {}
         cut = meta.get("cut")
         use_preset = cut in DISTMATCH_PRESETS and bool(meta.get("pretrained", False))
@@ -357,6 +399,7 @@ class CRUMBPlugin(LatentReplayPlugin):
         weight_decay: float = 1e-4,
         optimizer: Optional[torch.optim.Optimizer] = None,
         direct_loss: bool = True,
+        train_trunk: bool = False,
         device: Union[str, torch.device, None] = None,
         max_steps: Optional[int] = None,
     ) -> List[float]:
@@ -368,6 +411,8 @@ class CRUMBPlugin(LatentReplayPlugin):
             device = device if device is not None else getattr(model, "device", "cpu")
             model = model.model
         model = _splitnet_or_raise(model, "CRUMBPlugin.pretrain")
+        if self.storage == "raw_features":
+            raise StreamclError("CRUMBPlugin.pretrain: storage='raw_features' has no codebook to pretrain")
         codec = self.ensure_codec(model)
         if self.freeze_memory:
             codec.memory.requires_grad_(False)
@@ -382,6 +427,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             weight_decay=weight_decay,
             optimizer=optimizer,
             direct_loss=direct_loss,
+            train_trunk=train_trunk,
             device=device or "cpu",
             seed=self.seed,
             max_steps=max_steps,
@@ -423,7 +469,8 @@ class CRUMBPlugin(LatentReplayPlugin):
                     f"{self.n_blocks} x {self.block_dim}: use the experiment's original n_blocks/block_dim"
                 )
             if self.codec is None and state.get("codec") is not None:
-                self.codec = MemoryBlockCodec(self.n_blocks, self.block_dim, init=self.init)  # type: ignore[arg-type]
+                self.codec = (IdentityCodec() if self.storage == "raw_features"
+                              else MemoryBlockCodec(self.n_blocks, self.block_dim, init=self.init))  # type: ignore[arg-type]
         super().load_state_dict(state)
         if self.freeze_memory and self.codec is not None:
             self.codec.memory.requires_grad_(False)

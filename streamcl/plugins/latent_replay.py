@@ -121,13 +121,26 @@ class MemoryBudget:
         if self.bytes is not None and self.bytes < 0:
             raise ConfigError(f"memory.bytes must be >= 0, got {self.bytes}", key="memory.bytes")
 
-    def capacity(self, item_nbytes: int) -> int:
-        """Items that fit: ``items``, or ``bytes // item_nbytes`` (``item_nbytes`` = codes + label)."""
+    def capacity(self, item_nbytes: int, reserved_nbytes: int = 0) -> int:
+        """Items that fit: ``items``, or ``(bytes - reserved_nbytes) // item_nbytes``.
+
+        ``item_nbytes`` is one item's codes + label; ``reserved_nbytes`` is what the
+        memory holds besides the items (a codec's codebook or PQ centroids), so that
+        a byte budget is the whole memory a method keeps and methods compare at
+        equal bytes. An item budget ignores it.
+        """
         if self.items is not None:
             return int(self.items)
         if item_nbytes <= 0:
             raise ValueError("item_nbytes must be positive")
-        return int(self.bytes) // int(item_nbytes)  # type: ignore[arg-type]
+        if reserved_nbytes > int(self.bytes):  # type: ignore[arg-type]
+            raise ConfigError(
+                f"memory.bytes={self.bytes} is smaller than the codec's own state ({reserved_nbytes} bytes, "
+                "codebook or centroids), which the byte budget includes: raise the budget, shrink the codec, "
+                "or give memory.items",
+                key="memory.bytes",
+            )
+        return (int(self.bytes) - int(reserved_nbytes)) // int(item_nbytes)  # type: ignore[arg-type]
 
     def to_dict(self) -> Dict[str, int]:
         return {"items": int(self.items)} if self.items is not None else {"bytes": int(self.bytes)}  # type: ignore[arg-type]
@@ -281,8 +294,19 @@ class ClassBalancedPolicy(BufferPolicy):
 
     def admit(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
         """Merge already-selected items with the stored ones, truncating each class to its quota."""
+        keep = self.plan(buffer, labels)
+        if bool(keep.any()):
+            buffer.append(codes[keep], labels[keep])
+
+    def plan(self, buffer: CodeBuffer, labels: Tensor) -> Tensor:
+        """The labels-only half of :meth:`admit`: evict the stored items that lose the
+        random truncation and return the mask of offered items that win it.
+
+        Lets a caller compute codes for the winners only (``store="experience"``
+        runs the trunk on just those); ``admit`` is ``plan`` + append.
+        """
         if len(labels) == 0:
-            return
+            return torch.zeros(0, dtype=torch.bool, device=labels.device)
         self.observe_classes(torch.unique(labels).tolist())
         self.shrink(buffer)
         q = self.quota(buffer)
@@ -304,8 +328,7 @@ class ClassBalancedPolicy(BufferPolicy):
             new_keep[new_pos[(survivors[survivors >= m] - m).to(new_pos.device)]] = True
         if drop_old:
             buffer.remove(torch.cat(drop_old))
-        if bool(new_keep.any()):
-            buffer.append(codes[new_keep], labels[new_keep])
+        return new_keep
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -436,10 +459,14 @@ class CodeBuffer:
         code_dtype: torch.dtype = torch.uint8,
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
+        reserved_nbytes: int = 0,
     ) -> CodeBuffer:
-        """Buffer sized by a budget in items or bytes (bytes count codes + label of each item)."""
+        """Buffer sized by a budget in items or bytes.
+
+        A byte budget pays ``reserved_nbytes`` (the codec state) first, then codes + label per item.
+        """
         budget = parse_memory(memory)
-        cap = budget.capacity(cls.item_nbytes(code_shape, code_dtype))
+        cap = budget.capacity(cls.item_nbytes(code_shape, code_dtype), reserved_nbytes)
         return cls(cap, code_shape, policy, code_dtype=code_dtype, device=device, seed=seed)
 
     # ------------------------------------------------------------------ queries
@@ -826,8 +853,9 @@ class LatentReplayPlugin(SupervisedPlugin):
 
     :param codec: the :class:`Codec` (may also be set later through :meth:`set_codec`).
     :param memory: replay budget: items (int), ``{"items": N}`` or ``{"bytes": "2.26MB"}``.
-        The byte budget counts codes + ``int16`` label per item; the codec state
-        is reported by :meth:`replay_nbytes` but not charged to the budget.
+        A byte budget is the whole memory: the codec state (codebook, PQ
+        centroids) is charged first, then codes + ``int16`` label per item, so
+        :meth:`replay_nbytes` never exceeds it.
     :param policy: ``"class_balanced"`` (CRUMB), ``"largest_class"`` (REMIND) or a :class:`BufferPolicy`.
     :param replay: ``"separate"``: after each new-data step, one extra replay
         step with its own optimiser step (CRUMB); ``"joint"``: replayed items are
@@ -849,8 +877,9 @@ class LatentReplayPlugin(SupervisedPlugin):
     :param mask_eval_logits: same at evaluation (predictions among seen classes only).
     :param grad_clamp: clamp every gradient element to ``[-grad_clamp, grad_clamp]`` before each step.
     :param augment: crop/mixup the replayed feature maps (:func:`augment_features`).
-    :param store: ``"experience"``: after each experience walk its data once
-        through trunk + encoder and offer the codes; ``"last_pass"``: the same
+    :param store: ``"experience"``: after each experience encode its data with
+        the final codec and offer the codes (only the items a labels-only policy
+        will keep go through the trunk again); ``"last_pass"``: the same
         selection, from the codes the last training epoch of the experience
         already computed (no second trunk pass; selected codes are held until the
         experience ends, then admitted: CRUMB's default); ``"stream"``: offer the
@@ -1008,6 +1037,7 @@ class LatentReplayPlugin(SupervisedPlugin):
                 code_dtype=codec.code_dtype,
                 device=self.buffer_device,
                 seed=self.seed,
+                reserved_nbytes=codec.state_nbytes_for(self.feature_shape),
             )
             if self._pending_begin is not None:
                 n_items, classes = self._pending_begin
@@ -1178,12 +1208,36 @@ class LatentReplayPlugin(SupervisedPlugin):
             yield batch[0].to(strategy.device), batch[1].to(strategy.device)
 
     def store_experience(self, strategy: Any, dataset: Any = None) -> None:
-        """``store="experience"``: walk the experience's data once (eval mode) and offer its codes."""
+        """``store="experience"``: encode the experience's data with the final codec and offer the codes.
+
+        When the buffer policy decides from labels alone (CRUMB's class-balanced
+        rule: :meth:`ClassBalancedPolicy.select` + :meth:`~ClassBalancedPolicy.plan`)
+        and the dataset exposes its ``targets``, the trunk runs only on the items
+        that will be stored; otherwise the whole experience is walked.
+        """
+        from torch.utils.data import Subset
+
         model = _splitnet_or_raise(strategy.model, type(self).__name__)
+        ds = dataset if dataset is not None else getattr(strategy, "adapted_dataset", None)
+        if ds is None:
+            ds = strategy.experience.dataset
+        policy = self.buffer.policy if self.buffer is not None else None
+        targets = _dataset_targets(ds)
+        planned = (policy is not None and hasattr(policy, "select") and hasattr(policy, "plan")
+                   and targets is not None and self.codec is not None and self.codec.is_fitted)
         was = model.training
         model.eval()
         try:
-            for x, y in self._iterate_experience(strategy, dataset):
+            if planned:
+                labels = targets.to(self.buffer.codes.device)  # type: ignore[union-attr]
+                chosen = policy.select(labels).nonzero(as_tuple=True)[0]  # type: ignore[union-attr]
+                chosen = chosen[policy.plan(self.buffer, labels[chosen])]  # type: ignore[union-attr]
+                if len(chosen) == 0:
+                    return
+                for x, y in self._iterate_experience(strategy, Subset(ds, chosen.tolist())):
+                    self.buffer.append(self.encode(self.features(strategy, x)), y)  # type: ignore[union-attr]
+                return
+            for x, y in self._iterate_experience(strategy, ds):
                 f = self.features(strategy, x)
                 self._on_feature_shape(strategy, f)
                 if not self.codec.is_fitted:  # type: ignore[union-attr]
@@ -1448,6 +1502,19 @@ class LatentReplayPlugin(SupervisedPlugin):
         self.replay_steps = int(state.get("replay_steps", 0))
         self._pending_codec_opt = state.get("codec_optimizer")
         self.codec_optimizer = None  # rebuilt (with that state) on the next codec step
+
+
+def _dataset_targets(ds: Any) -> Optional[Tensor]:
+    """A dataset's labels as an int64 tensor without loading its inputs (Avalanche's
+    ``targets`` attribute), or None when it has none of the right length."""
+    t = getattr(ds, "targets", None)
+    if t is None:
+        return None
+    try:
+        t = torch.as_tensor(list(t) if not isinstance(t, Tensor) else t, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return t if t.dim() == 1 and len(t) == len(ds) else None
 
 
 # =====================================================================================

@@ -119,8 +119,8 @@ class REMINDPlugin(LatentReplayPlugin):
     (``pip install 'streamcl[cpu]'`` or ``'streamcl[gpu]'``).
 
     :param memory: replay budget: items (``417``), ``{"items": N}`` or
-        ``{"bytes": "2.26MB"}`` (codes + int16 label per item; the PQ centroids
-        are reported by :meth:`replay_nbytes` but not charged to the budget).
+        ``{"bytes": "2.26MB"}`` (the whole memory: the PQ centroids, then codes +
+        int16 label per item).
     :param num_codebooks: PQ sub-quantisers M (32); must divide the trunk's channels.
         Each item stores ``H * W * M`` bytes.
     :param nbits: bits per PQ code (8: 256 centroids per sub-quantiser).
