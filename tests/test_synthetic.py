@@ -159,7 +159,7 @@ def test_generate_rejects_bad_options(tmp_path):
         synthetic.generate("icubworld", tmp_path / "i", n_sessions=6)
     with pytest.raises(StreamclError, match="n_classes must be 1..10"):
         synthetic.generate("core50", tmp_path / "c", n_classes=11)
-    with pytest.raises(StreamclError, match="first_class \\+ n_classes must be <= 12"):
+    with pytest.raises(StreamclError, match="first_class must be 0..6 .first_class \\+ n_classes <= 12"):
         synthetic.generate("toybox", tmp_path / "t", n_classes=6, first_class=7)
     assert not (tmp_path / "t").exists()
 

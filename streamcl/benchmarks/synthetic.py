@@ -204,8 +204,8 @@ def generate(
     if not 1 <= params["n_classes"] <= c_max:
         raise StreamclError(f"synthetic {name}: n_classes must be 1..{c_max}, got {params['n_classes']}")
     if not 0 <= int(first_class) <= c_max - params["n_classes"]:
-        raise StreamclError(f"synthetic {name}: first_class + n_classes must be <= {c_max} classes, "
-                            f"got {first_class} + {params['n_classes']}")
+        raise StreamclError(f"synthetic {name}: first_class must be 0..{c_max - params['n_classes']} "
+                            f"(first_class + n_classes <= {c_max} classes), got {first_class}")
     if not 1 <= params["n_sessions"] <= s_max:
         raise StreamclError(f"synthetic {name}: n_sessions must be 1..{s_max}, got {params['n_sessions']}")
     if params["n_objects"] < 1 or params["n_frames"] < 1 or params["image_size"] < 8:
