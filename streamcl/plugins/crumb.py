@@ -350,7 +350,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             self.load_pretrained(pretrained)
 
     # ------------------------------------------------------------------ codec
-    def make_codec(self, feature_shape: Tuple[int, int, int], model: nn.Module) -> Codec:
+    def make_codec(self, feature_shape: Optional[Tuple[int, int, int]], model: Optional[nn.Module]) -> Codec:
         """Build the codebook (a float16 :class:`IdentityCodec` for ``storage="raw_features"``).
 
         Distmatch std / sparsity not given explicitly come from the paper's preset
@@ -469,8 +469,7 @@ class CRUMBPlugin(LatentReplayPlugin):
                     f"{self.n_blocks} x {self.block_dim}: use the experiment's original n_blocks/block_dim"
                 )
             if self.codec is None and state.get("codec") is not None:
-                self.codec = (IdentityCodec() if self.storage == "raw_features"
-                              else MemoryBlockCodec(self.n_blocks, self.block_dim, init=self.init))  # type: ignore[arg-type]
+                self.codec = self.make_codec(None, None)  # its state is loaded next
         super().load_state_dict(state)
         if self.freeze_memory and self.codec is not None:
             self.codec.memory.requires_grad_(False)
