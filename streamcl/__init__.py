@@ -10,3 +10,10 @@ Sub-packages import Avalanche lazily, so ``import streamcl`` itself is cheap.
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# Avalanche imports qpsolvers for GEM, which warns on import when no QP solver is installed.
+# Only GEM needs one (and fails with its own error without it): keep every other run's
+# output clean, so a one-line error stays one line.
+_warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)

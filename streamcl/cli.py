@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 from streamcl.errors import StreamclError
@@ -26,7 +27,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from streamcl.runner import run_experiment
 
-    root = run_experiment(exp, restart=args.restart, progress=not args.quiet)
+    root = run_experiment(exp, restart=args.restart, progress=not args.quiet, verbose=args.verbose)
     print(f"\nResults: {root}\n")
     print((root / "summary.md").read_text())
     print(f"TensorBoard: tensorboard --logdir {root}")
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key, e.g. -o strategy.optimizer.lr=0.01 -o runs=[0]")
     r.add_argument("--restart", action="store_true", help="discard earlier results of these cells and start over")
     r.add_argument("--dry-run", action="store_true", help="validate the file and list its cells, run nothing")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("-q", "--quiet", action="store_true", help="print only the final table (and errors)")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="Avalanche's interactive logger: every metric after every evaluation")
     r.set_defaults(func=_cmd_run)
 
     pr = sub.add_parser("prepare", help="index a raw dataset download (Toybox: extract frames)")
@@ -105,8 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_library_warnings() -> None:
+    """Hide the DeprecationWarnings that Avalanche raises from its own code paths (not actionable by a user).
+
+    Avalanche's ``@deprecated`` decorator re-installs a "once" filter on every call, so a
+    filter cannot silence it; the CLI drops those warnings where they are shown instead.
+    """
+    shown = warnings.showwarning
+    if getattr(shown, "streamcl_filter", False):  # already installed (main() called again in-process)
+        return
+    marker = f"{os.sep}avalanche{os.sep}"
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DeprecationWarning) and marker in str(filename):
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    showwarning.streamcl_filter = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_library_warnings()
     try:
         return int(args.func(args) or 0)
     except StreamclError as e:

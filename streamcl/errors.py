@@ -18,7 +18,7 @@ class StreamclError(Exception):
     exit_code = 2
 
 
-class ConfigError(StreamclError):
+class ConfigError(StreamclError, ValueError):
     """An experiment YAML (or a ``-o`` override) that does not validate."""
 
     def __init__(self, message: str, *, file: Optional[PathLike] = None, key: Optional[str] = None):

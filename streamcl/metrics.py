@@ -16,11 +16,42 @@ from avalanche.evaluation.metric_results import MetricValue
 
 
 def raw_item_nbytes(dataset) -> int:
-    """Bytes of one stored raw image: its input tensor's elements as uint8 (224x224x3 -> 150 528)."""
+    """Bytes a device must keep for one raw image of ``dataset``: decoded uint8 pixels.
+
+    The image is charged at the smaller of its source resolution and the network's input
+    (the CRUMB paper's rule: a 224x224 RGB input costs 224*224*3 = 150 528 B): an 8x8 grey
+    source image fed to the network as a 3x16x16 tensor costs 64 B, not 768. The source is
+    the item without its transforms (Avalanche's ``remove_current_transform_group``).
+    """
     if len(dataset) == 0:
         return 0
     x = dataset[0][0]
-    return int(x.numel()) if hasattr(x, "numel") else 0
+    net = _chw(x)
+    if net is None:
+        return 0
+    src = None
+    try:
+        src = _chw(dataset.remove_current_transform_group()[0][0])
+    except Exception:  # a dataset without Avalanche transform groups: charge the network input
+        src = None
+    if src is None:
+        return net[0] * net[1] * net[2]
+    return min(src[0], net[0]) * min(src[1], net[1]) * min(src[2], net[2])
+
+
+def _chw(x: Any):
+    """(channels, height, width) of an image given as a PIL image, a CHW tensor or an HWC array."""
+    if hasattr(x, "size") and hasattr(x, "getbands"):  # PIL.Image
+        w, h = x.size
+        return len(x.getbands()), h, w
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) == 3:
+        if hasattr(x, "numel"):  # torch tensors are CHW
+            return int(shape[0]), int(shape[1]), int(shape[2])
+        return int(shape[2]), int(shape[0]), int(shape[1])  # numpy images are HWC
+    if len(shape) == 2:
+        return 1, int(shape[0]), int(shape[1])
+    return None
 
 
 def _buffer_datasets(plugin) -> List[Any]:
@@ -36,8 +67,8 @@ def _buffer_datasets(plugin) -> List[Any]:
 
 
 def stored_bytes(strategy) -> int:
-    """Real bytes of replay memory held by the strategy's plugins (0 for methods without memory)."""
-    total = 0
+    """Real bytes of replay memory held now by the strategy and its plugins (0 for methods without memory)."""
+    total = int(strategy.replay_nbytes()) if hasattr(strategy, "replay_nbytes") else 0  # WA, DyTox exemplars
     for plugin in getattr(strategy, "plugins", []):
         if hasattr(plugin, "replay_nbytes"):
             total += int(plugin.replay_nbytes())
@@ -48,8 +79,30 @@ def stored_bytes(strategy) -> int:
     return total
 
 
+def reserved_bytes(strategy) -> int:
+    """Bytes of replay memory set aside: a buffer's capacity (CRUMB/REMIND preallocate it) plus codec state.
+
+    Methods that do not preallocate (Avalanche's raw buffers, WA/DyTox exemplars) reserve what they hold.
+    """
+    total = int(strategy.replay_nbytes()) if hasattr(strategy, "replay_nbytes") else 0
+    for plugin in getattr(strategy, "plugins", []):
+        if hasattr(plugin, "reserved_nbytes"):
+            total += int(plugin.reserved_nbytes())
+        elif hasattr(plugin, "replay_nbytes"):
+            total += int(plugin.replay_nbytes())
+        else:
+            for ds in _buffer_datasets(plugin):
+                n = len(ds)
+                total += n * raw_item_nbytes(ds) if n else 0
+    return total
+
+
 class ReplayBytes(PluginMetric[int]):
-    """Bytes held in replay memory after each training experience (``ReplayBytes/train_phase/train_stream``)."""
+    """Bytes held in replay memory after each training experience (``ReplayBytes/train_phase/train_stream``).
+
+    Also reports the bytes reserved (``ReplayBytesReserved/train_phase/train_stream``): CRUMB and
+    REMIND preallocate their buffer, so reserved can exceed held while the buffer fills up.
+    """
 
     def __init__(self):
         super().__init__()
@@ -63,14 +116,32 @@ class ReplayBytes(PluginMetric[int]):
 
     def after_training_exp(self, strategy) -> List[MetricValue]:
         self._value = stored_bytes(strategy)
-        return [
-            MetricValue(
-                self, "ReplayBytes/train_phase/train_stream", self._value, strategy.clock.train_iterations
-            )
+        step = strategy.clock.train_iterations
+        values = [
+            MetricValue(self, "ReplayBytes/train_phase/train_stream", self._value, step),
+            MetricValue(self, "ReplayBytesReserved/train_phase/train_stream", reserved_bytes(strategy), step),
         ]
+        return values + replay_scalars(self, strategy, step)
 
     def __str__(self) -> str:
         return "ReplayBytes"
+
+
+def replay_scalars(metric: PluginMetric, strategy, step: int) -> List[MetricValue]:
+    """Latent replay's own counters (CRUMB, REMIND): replay steps, last replay loss, items per class."""
+    out: List[MetricValue] = []
+    for plugin in getattr(strategy, "plugins", []):
+        if not hasattr(plugin, "replay_steps"):
+            continue
+        out.append(MetricValue(metric, "ReplaySteps/train_phase/train_stream", int(plugin.replay_steps), step))
+        if getattr(plugin, "last_replay_loss", None) is not None:
+            out.append(MetricValue(metric, "ReplayLoss/train_phase/train_stream", float(plugin.last_replay_loss),
+                                   step))
+        buffer = getattr(plugin, "buffer", None)
+        if buffer is not None and hasattr(buffer, "items_per_class"):
+            for c, n in sorted(buffer.items_per_class().items()):
+                out.append(MetricValue(metric, f"BufferItems/train_phase/train_stream/Class{int(c):03d}", int(n), step))
+    return out
 
 
 def _metric_factories() -> Dict[str, Callable[[], Sequence[PluginMetric]]]:
@@ -98,18 +169,21 @@ def _reconstructed_accuracy() -> Sequence[PluginMetric]:
 
 METRIC_NAMES = ("accuracy", "loss", "forgetting", "bwt", "timing", "ram", "cpu", "replay_bytes",
                 "reconstructed_accuracy")
-LOGGER_NAMES = ("tensorboard", "csv", "progress", "text")
+LOGGER_NAMES = ("tensorboard", "csv", "progress", "text", "wandb")
+# Loggers that need an optional dependency: name -> (module, pip extra); the config refuses them when it is missing.
+LOGGER_EXTRAS = {"wandb": ("wandb", "wandb")}
 DEFAULT_METRICS = ["accuracy", "loss", "forgetting", "bwt", "timing", "ram", "replay_bytes"]
 DEFAULT_LOGGERS = ["tensorboard", "csv", "progress"]
 
 
-def build_evaluator(metrics: Sequence[str], loggers: Sequence[str], run_dir: Path):
-    """EvaluationPlugin with the named metric groups and loggers writing into ``run_dir``.
+def build_evaluator(metrics: Sequence[str]):
+    """EvaluationPlugin with the named metric groups and no loggers yet (see :func:`build_loggers`).
 
-    ``csv`` is streamcl's own ``metrics.csv`` (written by the runner, resume-safe;
-    Avalanche's CSVLogger truncates its files on reload), so it adds no logger here.
+    The runner attaches the loggers only once the whole strategy has been built, so a
+    configuration error found while building writes nothing into the run folder.
     """
-    from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
+    import warnings
+
     from avalanche.training.plugins import EvaluationPlugin
 
     factories = _metric_factories()
@@ -117,14 +191,33 @@ def build_evaluator(metrics: Sequence[str], loggers: Sequence[str], run_dir: Pat
     for name in metrics:
         made = factories[name]()
         plugin_metrics.extend(made if isinstance(made, (list, tuple)) else [made])
-    avl_loggers = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(*plugin_metrics, loggers=[], strict_checks=False)
+
+
+def build_loggers(loggers: Sequence[str], run_dir: Path, *, config: Dict[str, Any] | None = None) -> List[Any]:
+    """Avalanche loggers by name, writing into ``run_dir`` (``runs/<experiment>/<cell>/run<k>``).
+
+    ``csv`` is streamcl's own ``metrics.csv`` (written by the runner, resume-safe;
+    Avalanche's CSVLogger truncates its files on reload), so it adds no logger here.
+    ``wandb``: see :func:`streamcl.wandb_logger.wandb_logger` (``config``: the cell's
+    config, shown as the W&B run's hyperparameters).
+    """
+    from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
+
+    out: List[Any] = []
     if "tensorboard" in loggers:
-        avl_loggers.append(TensorboardLogger(tb_log_dir=str(run_dir / "tb")))
+        out.append(TensorboardLogger(tb_log_dir=str(run_dir / "tb")))
     if "progress" in loggers:
-        avl_loggers.append(InteractiveLogger())
+        out.append(InteractiveLogger())
     if "text" in loggers:
-        avl_loggers.append(TextLogger(open(run_dir / "log.txt", "a")))
-    return EvaluationPlugin(*plugin_metrics, loggers=avl_loggers, strict_checks=False)
+        out.append(TextLogger(open(run_dir / "log.txt", "a")))
+    if "wandb" in loggers:
+        from streamcl.wandb_logger import wandb_logger
+
+        out.append(wandb_logger(run_dir, config))
+    return out
 
 
-__all__ = ["ReplayBytes", "stored_bytes", "build_evaluator", "raw_item_nbytes"]
+__all__ = ["ReplayBytes", "stored_bytes", "reserved_bytes", "build_evaluator", "build_loggers", "raw_item_nbytes"]

@@ -8,7 +8,9 @@ the scheduler's own keys (see :data:`SCHEDULE_OPTIONS`).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable
+import re
+import warnings
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 from torch.optim import lr_scheduler
@@ -58,3 +60,52 @@ def build_schedule(cfg: Dict[str, Any], optimizer: torch.optim.Optimizer):
     kwargs = {k: v for k, v in cfg.items() if k != "name" and k not in SCHEDULE_OPTIONS}
     scheduler = SCHEDULERS.get(cfg["name"]).factory(optimizer, **kwargs)
     return LRSchedulerPlugin(scheduler, **options)
+
+
+# torch's messages name some arguments in words ("Invalid learning rate: -1").
+_TORCH_WORDS = {
+    "learning rate": "lr",
+    "beta": "betas",
+    "epsilon": "eps",
+    "starting multiplicative": "start_factor",
+    "ending multiplicative": "end_factor",
+    "constant multiplicative": "factor",
+}
+
+
+def culprit(message: str, keys: Iterable[str]) -> Optional[str]:
+    """The key among ``keys`` that a torch error ``message`` is about, if it can be told."""
+    keys = [k for k in keys if isinstance(k, str)]
+    low = message.lower()
+    for k in sorted(keys, key=len, reverse=True):
+        if re.search(rf"(?<![a-z0-9_]){re.escape(k.lower())}(?![a-z0-9_])", low):
+            return k
+    for words, k in _TORCH_WORDS.items():
+        if words in low and k in keys:
+            return k
+    return None
+
+
+def probe_optimizer(cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    """Build the optimiser ``cfg`` names over a dummy parameter, so that torch checks its values at config time.
+
+    Raises whatever torch raises (``ValueError: Invalid learning rate: -1`` ...). ``fused``
+    is left out: whether it is supported depends on the device of the real parameters.
+    """
+    kwargs = {k: v for k, v in cfg.items() if k not in ("name", "fused")}
+    return OPTIMIZERS.get(cfg["name"]).factory([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+
+
+def probe_schedule(cfg: Dict[str, Any], optimizer: torch.optim.Optimizer, steps: int = 3) -> None:
+    """Build the schedule ``cfg`` names on ``optimizer`` (a probe) and step it a few times.
+
+    torch checks some values when it builds a scheduler (LinearLR's factors) and others only
+    when it steps (StepLR's ``step_size: 0`` divides by zero): both surface here, at config time.
+    """
+    kwargs = {k: v for k, v in cfg.items() if k != "name" and k not in SCHEDULE_OPTIONS}
+    scheduler = SCHEDULERS.get(cfg["name"]).factory(optimizer, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()

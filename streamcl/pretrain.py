@@ -19,88 +19,28 @@ unless the cell sets them itself.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
 
-from streamcl.registry import BENCHMARKS, MODELS, PLUGINS
-
-PRETRAIN_KEYS: Dict[str, Any] = {
-    "benchmark": dict,
-    "model": Optional[dict],
-    "plugin": Optional[dict],
-    "epochs": int,
-    "mb_size": int,
-    "lr": float,
-    "momentum": float,
-    "weight_decay": float,
-    "direct_loss": bool,
-    "train_trunk": bool,
-    "max_steps": Optional[int],
-}
-DEFAULTS = {"epochs": 10, "mb_size": 128, "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "direct_loss": True,
-            "train_trunk": False, "max_steps": None}
-
-
-def check_pretrain(c, path, value) -> Dict[str, Any]:
-    """Validate a ``pretrain:`` section (``c`` is the config checker, which names file and key on error)."""
-    value = dict(c.mapping(path, value))
-    c.keys(path, value, list(PRETRAIN_KEYS), required=("benchmark",))
-    out: Dict[str, Any] = {}
-    for k, tp in PRETRAIN_KEYS.items():
-        if k in ("benchmark", "model", "plugin"):
-            continue
-        out[k] = c.typed(path + (k,), value.get(k, DEFAULTS[k]), tp)
-    for k in ("epochs", "mb_size"):
-        if out[k] < 1:
-            c.fail(path + (k,), f"must be >= 1, got {out[k]}")
-    out["benchmark"] = c.component(path + ("benchmark",), value["benchmark"], BENCHMARKS)
-    if value.get("model") is not None:
-        out["model"] = c.component(path + ("model",), value["model"], MODELS)
-    plugin = c.component(path + ("plugin",), value.get("plugin") or {"name": "crumb"}, PLUGINS)
-    if plugin["name"] != "crumb":
-        c.fail(path + ("plugin", "name"), f"only 'crumb' has an offline pretraining phase, got '{plugin['name']}'")
-    out["plugin"] = plugin
-    out["model"] = out.get("model")
-    return out
-
-
-def pretrained_path(exp) -> Path:
-    return exp.root / "pretrain" / "crumb.pt"
-
-
-def attach_pretrained(exp) -> None:
-    """Point each cell's model ``weights`` and ``crumb.pretrained`` at the pretraining output (if unset).
-
-    The pretraining model defaults to the first cell's model, taken before this change.
-    """
-    assert exp.pretrain is not None
-    if exp.pretrain.get("model") is None:
-        exp.pretrain["model"] = copy.deepcopy(exp.cells[0].config["model"])
-    target = str(pretrained_path(exp))
-    for cell in exp.cells:
-        cfg = cell.config
-        if MODELS.get(cfg["model"]["name"]).wants("weights") and cfg["model"].get("weights") is None:
-            cfg["model"]["weights"] = target
-        for p in cfg["plugins"]:  # (the raw-features ablation has no codebook to take)
-            if p["name"] == "crumb" and p.get("pretrained") is None and p.get("storage") != "raw_features":
-                p["pretrained"] = target
-        if cfg["strategy"]["name"] == "crumb" and cfg["strategy"].get("pretrained") is None:
-            cfg["strategy"]["pretrained"] = target
-
-
-def _digest(cfg: Dict[str, Any], model_cfg: Dict[str, Any]) -> str:
-    from streamcl.runner import config_digest
-
-    return config_digest({"pretrain": cfg, "model": model_cfg})
+# The section's keys and checks live with the config (streamcl.config.pretrain); re-exported here.
+from streamcl.config.pretrain import (
+    DEFAULTS,
+    PRETRAIN_KEYS,
+    _digest,
+    attach_pretrained,
+    check_pretrain,
+    pretrained_path,
+)
+from streamcl.errors import StreamclError
+from streamcl.registry import PLUGINS
+from streamcl.utils import atomic_write_text
 
 
 def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
     """Pretrain once (or reuse an up-to-date file) and return the path of the pretrained file."""
     from avalanche.benchmarks.utils import concat_datasets
 
-    from streamcl.runner import build_model, build_scenario, n_classes_of, resolve_device
+    from streamcl.build import build_model, build_scenario, n_classes_of, resolve_device
     from streamcl.utils import seed_everything
 
     cfg = exp.pretrain
@@ -110,7 +50,13 @@ def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
     meta = out.with_suffix(".json")
     digest = _digest(cfg, model_cfg)
     if out.exists() and meta.exists() and not restart:
-        if json.loads(meta.read_text()).get("digest") == digest:
+        try:
+            saved = json.loads(meta.read_text(encoding="utf-8"))
+            saved_digest = saved.get("digest") if isinstance(saved, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            raise StreamclError(f"{meta}: unreadable (damaged); delete it to pretrain again, or rerun with "
+                                "--restart") from None
+        if saved_digest == digest:
             print(f"[pretrain] reusing {out}", flush=True)
             return out
     seed_everything(0)
@@ -127,12 +73,10 @@ def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
         device=device, max_steps=cfg["max_steps"],
     )
     plugin.save_pretrained(out, model.cpu())
-    tmp = meta.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"digest": digest, "final_loss": float(losses[-1]) if losses else None,
-                               "images": len(data)}, indent=2))
-    tmp.replace(meta)
+    atomic_write_text(meta, json.dumps({"digest": digest, "final_loss": float(losses[-1]) if losses else None,
+                                        "images": len(data)}, indent=2))
     print(f"[pretrain] wrote {out} (final loss {losses[-1]:.4f})" if losses else f"[pretrain] wrote {out}", flush=True)
     return out
 
 
-__all__ = ["check_pretrain", "run_pretrain", "attach_pretrained", "pretrained_path"]
+__all__ = ["PRETRAIN_KEYS", "DEFAULTS", "check_pretrain", "run_pretrain", "attach_pretrained", "pretrained_path"]

@@ -9,15 +9,29 @@ optimiser, the run context ...) and may not be set from YAML.
 streamcl's own components register themselves with the decorators below when
 their module is imported; Avalanche's strategies and plugins are registered by
 walking ``avalanche.training`` (see :func:`load_all`).
+
+A user's own code takes part in two ways (see :func:`import_object` and
+:func:`import_modules`): a ``module.path:Name`` in place of a registered name
+(``plugins: [{name: mypkg.methods:MyPlugin}]``) is imported and registered under
+that path on first use, and modules listed under an experiment's ``imports:`` are
+imported before validation, so that their ``@register_plugin(...)`` decorators
+register names that then validate like ours. Registered names are case-insensitive;
+dotted paths are not (Python's module and class names are not).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from streamcl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -54,14 +68,35 @@ class Entry:
 
 
 def first_line(doc: Optional[str]) -> str:
-    """First sentence-ish line of a docstring, for ``streamcl list``."""
+    """The first sentence of a docstring's first paragraph, whole (for ``streamcl list``).
+
+    Docstrings often wrap their first sentence over several lines ("ER ACE, as proposed
+    in" / "<paper>"): the paragraph is joined before the sentence is cut at its first
+    full stop, so no description stops mid-sentence.
+    """
     if not doc:
         return ""
+    paragraph: List[str] = []
     for line in inspect.cleandoc(doc).splitlines():
         line = line.strip()
-        if line:
-            return line.rstrip(":")
-    return ""
+        if not line:
+            if paragraph:
+                break
+            continue
+        if line.startswith((":param", ":return", "Args:", "Parameters")):
+            break
+        paragraph.append(line)
+    text = " ".join(paragraph).rstrip(":")
+    m = re.search(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bet)(?<!\bal)(?<!\bvs)\.(\s|$)", text)
+    return text[: m.start() + 1] if m else text
+
+
+def describe(factory: Callable[..., Any]) -> str:
+    """A one-line description of a factory: its docstring's, else its ``__init__``'s, else its kind."""
+    text = first_line(getattr(factory, "__doc__", None))
+    if not text and inspect.isclass(factory):
+        text = first_line(getattr(factory.__init__, "__doc__", None))
+    return text or f"{factory.__name__} (no description in its docstring)"
 
 
 class Registry:
@@ -82,15 +117,16 @@ class Registry:
         origin: str = "streamcl",
         overwrite: bool = False,
     ) -> Entry:
-        name = name.lower()
+        name = _key(name)
         if name in self._entries and not overwrite:
             if self._entries[name].factory is factory:
                 return self._entries[name]
-            raise ValueError(f"{self.kind} '{name}' is registered twice")
+            raise ValueError(f"{self.kind} '{name}' is registered twice ({_qualname(self._entries[name].factory)} "
+                             f"and {_qualname(factory)}); register one of them under another name")
         entry = Entry(
             name=name,
             factory=factory,
-            description=description or first_line(factory.__doc__),
+            description=description or describe(factory),
             injected=self.injected + tuple(injected),
             origin=origin,
         )
@@ -103,16 +139,50 @@ class Registry:
         """Decorator: ``@register_model("squeezenet_cut")`` above a factory or class."""
 
         def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(name or snake_case(factory.__name__), factory, description, injected=injected)
+            self.add(name or snake_case(factory.__name__), factory, description, injected=injected,
+                     origin=_origin(factory))
             return factory
 
         return deco
 
     def get(self, name: str) -> Entry:
-        return self._entries[name.lower()]
+        """The entry registered as ``name``; a ``module:Name`` path is imported and registered on first use.
+
+        Raises KeyError for an unknown plain name, ConfigError for a dotted path that does
+        not import or names no class or function (see :meth:`resolve`).
+        """
+        entry = self._entries.get(_key(name))
+        if entry is None and is_dotted_path(name):
+            return self.resolve(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry
+
+    def resolve(self, path: str, *, search: Sequence[Path] = ()) -> Entry:
+        """Import ``module.path:Name`` and register it under that path (ConfigError says what went wrong).
+
+        A class must be of this registry's kind (a plugin a ``BasePlugin``, a model an
+        ``nn.Module`` ...); a function is trusted to return one. The new entry's ``origin``
+        is the module's top-level package, so ``torch.optim:NAdam`` is checked like
+        torch's registered optimisers. ``search``: folders to import the module from when it
+        is not on ``sys.path`` (see :func:`import_modules`).
+        """
+        entry = self._entries.get(_key(path))
+        if entry is not None:
+            return entry
+        factory = import_object(path, search=search)
+        if not callable(factory):
+            raise ConfigError(f"'{path}' is a {type(factory).__name__}, not a class or function; name the "
+                              f"{self.kind}'s class or factory function after ':'")
+        base = _kind_base(self.kind)
+        if inspect.isclass(factory) and base is not None and not issubclass(factory, base):
+            raise ConfigError(f"'{path}' is a class that does not subclass {_qualname(base)}, as every "
+                              f"{self.kind} must; name such a class, or a function that builds one")
+        return self.add(path, factory, origin=path.partition(":")[0].split(".")[0])
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._entries
+        """True for a registered name (a dotted path only once it has been resolved; nothing is imported)."""
+        return isinstance(name, str) and _key(name) in self._entries
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
@@ -125,6 +195,106 @@ class Registry:
             if e.factory is factory:
                 return e.name
         return None
+
+
+def _key(name: str) -> str:
+    """Registry key of ``name``: registered names are case-insensitive, dotted paths are not."""
+    return name if ":" in name else name.lower()
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _origin(factory: Any) -> str:
+    """``streamcl`` for our own components, else the top-level package that defines ``factory``."""
+    module = getattr(factory, "__module__", None) or "streamcl"
+    return module.split(".")[0]
+
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+def is_dotted_path(name: object) -> bool:
+    """True for ``package.module:Name`` (or ``module:Outer.Inner``): a user's component named by its import path."""
+    return isinstance(name, str) and _DOTTED.match(name) is not None
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """``ModuleNotFoundError: No module named 'x'``: an exception's type and first line, cut to ``limit``."""
+    text = (str(e).strip().splitlines() or [""])[0].strip()
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def import_modules(names: Sequence[str], *, search: Sequence[Path] = ()) -> List[ModuleType]:
+    """Import each module of ``names`` (an experiment's ``imports:``), so that its registrations take effect.
+
+    A module not found on ``sys.path`` is looked for in ``search`` (the folder of the
+    experiment file that names it): a ``mymethods.py`` next to the YAML imports without
+    setting PYTHONPATH. Any failure raises ConfigError naming the module and the first
+    line of the exception it raised (ImportError, SyntaxError, or whatever its code raised).
+    """
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not _MODULE.match(name):
+            raise ConfigError(f"{str(name)[:80]!r} is not a module path; write e.g. mypkg.methods")
+        out.append(_import(name, search))
+    return out
+
+
+def _import(name: str, search: Sequence[Path]) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        top = name.split(".")[0]
+        if e.name == top:
+            for folder in search:
+                folder = Path(folder)
+                if (folder / f"{top}.py").is_file() or (folder / top).is_dir():
+                    if str(folder) not in sys.path:
+                        sys.path.append(str(folder))  # (stays: the runner imports the same module again)
+                    importlib.invalidate_caches()
+                    return _import(name, ())
+            raise ConfigError(f"cannot import module '{name}' ({_first_line(e)}); put the folder that holds "
+                              f"'{top}' on PYTHONPATH or next to the experiment file, or pip install it") from None
+        raise ConfigError(f"cannot import module '{name}' ({_first_line(e)}); fix the module") from None
+    except Exception as e:  # the module's own code failed: SyntaxError, NameError, a registration clash ...
+        raise ConfigError(f"cannot import module '{name}' ({_first_line(e)}); fix the module") from None
+
+
+def import_object(path: str, *, search: Sequence[Path] = ()) -> Any:
+    """``package.module:Name`` -> the object (ConfigError naming the module and what failed)."""
+    if not is_dotted_path(path):
+        raise ConfigError(f"'{path}' is not an import path; write package.module:Name")
+    module_name, _, attr = path.partition(":")
+    obj: Any = _import(module_name, search)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"module '{module_name}' has no attribute '{attr}'{hint}; check the name after ':'")
+        obj = getattr(obj, part)
+    return obj
+
+
+# The class every component of a kind must be (a factory function is trusted to return one).
+_KIND_BASES = {
+    "model": ("torch.nn", "Module"),
+    "strategy": ("avalanche.training.templates.base", "BaseTemplate"),
+    "plugin": ("avalanche.core", "BasePlugin"),
+    "optimizer": ("torch.optim", "Optimizer"),
+    "scheduler": ("torch.optim.lr_scheduler", "LRScheduler"),
+}
+
+
+def _kind_base(kind: str) -> Optional[type]:
+    if kind not in _KIND_BASES:
+        return None
+    module, attr = _KIND_BASES[kind]
+    return getattr(importlib.import_module(module), attr, None)
 
 
 # What the runner hands to every factory that declares these parameters.
@@ -240,7 +410,11 @@ _MODULES = (
     "streamcl.optim",
     "streamcl.benchmarks.scenarios",
     "streamcl.models",
+    "streamcl.models.classifiers",
+    "streamcl.models.dytox",
+    "streamcl.benchmarks.classic",
     "streamcl.plugins",
+    "streamcl.plugins.mas_paper",
     "streamcl.plugins.raw_replay",
     "streamcl.strategies",
 )

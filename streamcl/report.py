@@ -9,7 +9,6 @@ matrix heatmap per cell.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Dict, List, Sequence, Union
 import numpy as np
 
 from streamcl.errors import StreamclError
-from streamcl.runner import EXP_ACC_PREFIX, STREAM_ACC, read_metrics
+from streamcl.results import accuracy_per_experience, experience_accuracies, read_metrics, read_summary
 from streamcl.utils import format_bytes
 
 PathLike = Union[str, Path]
@@ -34,26 +33,54 @@ def _mean_std(values: Sequence[float]) -> tuple:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def _nanmean(a: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; NaN (without numpy's empty-slice warning) where all are NaN."""
+    ok = ~np.isnan(a)
+    n = ok.sum(axis=0)
+    total = np.where(ok, a, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _nanstd(a: np.ndarray) -> np.ndarray:
+    """Population std over axis 0 ignoring NaN, like ``np.nanstd`` without its warnings."""
+    mean = _nanmean(a)
+    ok = ~np.isnan(a)
+    n = ok.sum(axis=0)
+    sq = np.where(ok, (a - mean) ** 2, 0.0).sum(axis=0)
+    return np.where(n > 0, np.sqrt(sq / np.maximum(n, 1)), np.nan)
+
+
 def find_runs(paths: Sequence[PathLike]) -> Dict[str, List[Path]]:
-    """Run folders (holding ``metrics.csv``) under each path, grouped by cell name (their parent folder)."""
-    groups: Dict[str, List[Path]] = defaultdict(list)
+    """Run folders (holding ``metrics.csv``) under each path, grouped by their cell folder.
+
+    A group is named after its cell; cells of the same name from different experiment
+    folders stay apart (``demo/crumb``, ``other/crumb``) instead of being pooled.
+    """
+    by_cell: Dict[Path, List[Path]] = defaultdict(list)
     for p in map(Path, paths):
         if not p.exists():
             raise StreamclError(f"{p}: no such folder; pass run folders such as runs/<experiment>")
         found = [p] if (p / "metrics.csv").exists() else sorted(m.parent for m in p.rglob("metrics.csv"))
         for run_dir in found:
-            groups[run_dir.parent.name].append(run_dir)
-    if not groups:
+            cell_dir = run_dir.parent.resolve()
+            if run_dir not in by_cell[cell_dir]:
+                by_cell[cell_dir].append(run_dir)
+    if not by_cell:
         raise StreamclError(f"no runs (folders with metrics.csv) under {', '.join(map(str, paths))}; "
                             "run `streamcl run FILE.yaml` first")
-    return dict(groups)
+    names = [c.name for c in by_cell]
+    groups: Dict[str, List[Path]] = {}
+    for cell_dir, run_dirs in by_cell.items():
+        label = cell_dir.name if names.count(cell_dir.name) == 1 else f"{cell_dir.parent.name}/{cell_dir.name}"
+        groups[label] = run_dirs
+    return groups
 
 
 def summary_table(groups: Dict[str, List[Path]]) -> List[Dict[str, object]]:
     """One row per cell over its finished runs (those with ``summary.json``)."""
     rows = []
     for cell, run_dirs in groups.items():
-        sums = [json.loads((d / "summary.json").read_text()) for d in run_dirs if (d / "summary.json").exists()]
+        sums = [read_summary(d / "summary.json") for d in run_dirs if (d / "summary.json").exists()]
         if not sums:
             continue
         acc = _mean_std([s["final_accuracy"] for s in sums])
@@ -110,17 +137,14 @@ def _curves(run_dirs: List[Path]) -> np.ndarray:
     """(runs, experiences) accuracy on seen classes after each experience (NaN-padded)."""
     curves = []
     for d in run_dirs:
-        rows = read_metrics(d / "metrics.csv")
-        curves.append([r["value"] for r in rows if r["metric"] == STREAM_ACC])
+        curves.append(accuracy_per_experience(read_metrics(d / "metrics.csv")))
     n = max((len(c) for c in curves), default=0)
     return np.array([c + [np.nan] * (n - len(c)) for c in curves], dtype=float)
 
 
 def accuracy_matrix(run_dir: Path) -> np.ndarray:
     """acc[t, j]: accuracy on experience j's test set after training experience t (NaN if not evaluated)."""
-    rows = read_metrics(run_dir / "metrics.csv")
-    cells = [(r["experience"], int(r["metric"][len(EXP_ACC_PREFIX):]), r["value"])
-             for r in rows if r["metric"].startswith(EXP_ACC_PREFIX)]
+    cells = experience_accuracies(read_metrics(run_dir / "metrics.csv"))
     if not cells:
         return np.zeros((0, 0))
     n = max(max(t, j) for t, j, _ in cells) + 1
@@ -142,17 +166,20 @@ def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    n_max = 0
     for cell, run_dirs in sorted(groups.items()):
         c = _curves(run_dirs)
         if c.size == 0:
             continue
-        x = np.arange(1, c.shape[1] + 1)
-        mean = np.nanmean(c, axis=0)
+        n_max = max(n_max, c.shape[1])
+        x = np.arange(c.shape[1])
+        mean = _nanmean(c)
         ax.plot(x, 100 * mean, marker="o", label=f"{cell} ({len(run_dirs)} runs)")
         if c.shape[0] > 1:
-            std = np.nanstd(c, axis=0)
+            std = _nanstd(c)
             ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
-    ax.set_xlabel("experiences trained")
+    ax.set_xticks(range(n_max))
+    ax.set_xlabel("after training experience")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
@@ -171,8 +198,7 @@ def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
         stack = np.full((len(mats), n, n), np.nan)
         for i, m in enumerate(mats):
             stack[i, : m.shape[0], : m.shape[1]] = m
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(stack, axis=0)
+        mean = _nanmean(stack)
         fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.55 * n))
         im = ax.imshow(100 * mean, vmin=0, vmax=100, cmap="viridis")
         for t in range(n):
@@ -182,10 +208,12 @@ def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
                             color="white" if mean[t, j] < 0.6 else "black")
         ax.set_xlabel("evaluated experience")
         ax.set_ylabel("after training experience")
-        ax.set_title(cell, fontsize=9)
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_title(f"{cell}: mean over {len(mats)} run{'s' if len(mats) > 1 else ''}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
-        name = f"accuracy_matrix_{cell}.png"
+        name = f"accuracy_matrix_{cell.replace('/', '_')}.png"
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         images.append(name)

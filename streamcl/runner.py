@@ -2,164 +2,171 @@
 
 Reading order for newcomers: :func:`run_experiment` loops over cells and runs;
 :class:`Run` builds the benchmark, model, plugins and Avalanche strategy for one
-run, then :meth:`Run.execute` trains experience by experience
-(``strategy.train`` -> ``strategy.eval``), appending to ``metrics.csv`` and
-saving a checkpoint after each. A killed run restarts from its last finished
-experience and ends with the same numbers as an uninterrupted one.
+run (:mod:`streamcl.build`), then :meth:`Run.execute` trains experience by
+experience (``strategy.train`` -> ``strategy.eval``), rewriting ``metrics.csv``
+and saving a checkpoint after each.
+
+Crash safety: the checkpoint is the source of truth. It holds the strategy's
+state and every metric row so far; on resume ``metrics.csv`` is rewritten from it
+and the TensorBoard events are cut back to its step, so a run killed at any
+moment ends with the files of an uninterrupted run. Nothing is written for a
+run before its strategy has been built, and a run that fails with a user error
+before its first checkpoint leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 import yaml
 
-from streamcl import checkpoint
+from streamcl import checkpoint, tensorboard_events
+from streamcl.build import (  # re-exported: these lived here before streamcl.build existed
+    RunContext,
+    build_model,
+    build_plugins,
+    build_scenario,
+    build_strategy,
+    default_threads,
+    deterministic,
+    n_classes_of,
+    resolve_device,
+    set_threads,
+)
 from streamcl.config import Cell, Experiment
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
-from streamcl.registry import BENCHMARKS, MODELS, PLUGINS, STRATEGIES
-from streamcl.utils import seed_everything
+from streamcl.faults import ENV as FAILPOINT_ENV
+from streamcl.faults import failpoint
+from streamcl.metrics import build_evaluator, build_loggers
+from streamcl.progress import RunProgressLogger, estimated_iterations, is_interactive
+from streamcl.registry import import_modules
+from streamcl.results import (
+    BWT,
+    EXP_ACC_PREFIX,
+    FORGETTING,
+    METRICS_HEADER,
+    REPLAY_BYTES,
+    STREAM_ACC,
+    ResultsError,
+    accuracy_per_experience,
+    last_values,
+    read_metrics,
+    read_summary,
+    rows_to_csv_text,
+    stream_accuracy,
+)
+from streamcl.utils import atomic_write_text, config_digest, remove_temp_files, seed_everything
 
-STREAM_ACC = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
-EXP_ACC_PREFIX = "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp"
-REPLAY_BYTES = "ReplayBytes/train_phase/train_stream"
-METRICS_HEADER = ["experience", "step", "metric", "value"]
+__all__ = [
+    "Run",
+    "run_experiment",
+    "RunContext",
+    "build_model",
+    "build_plugins",
+    "build_scenario",
+    "build_strategy",
+    "n_classes_of",
+    "resolve_device",
+    "config_digest",
+    "read_metrics",
+    "STREAM_ACC",
+    "EXP_ACC_PREFIX",
+    "METRICS_HEADER",
+]
 
-
-@dataclass
-class RunContext:
-    """What the runner knows about a run; factories that declare a ``context`` parameter receive it."""
-
-    scenario: Any
-    n_classes: int
-    run: int
-    device: torch.device
-    run_dir: Path
-    cell: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StreamclError("device: cuda was asked for but no CUDA device is available; set device: cpu or auto")
-    return torch.device(name)
-
-
-def _kwargs(cfg: Dict[str, Any], drop: Tuple[str, ...] = ("name",)) -> Dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in drop}
-
-
-def n_classes_of(scenario) -> int:
-    """Number of classes of a scenario (streamcl benchmarks attach it; Avalanche ones have n_classes)."""
-    info = getattr(scenario, "streamcl_info", None)
-    if info is not None and getattr(info, "n_classes", None) is not None:
-        return int(info.n_classes)
-    if getattr(scenario, "n_classes", None) is not None:
-        return int(scenario.n_classes)
-    classes = set()
-    for exp in scenario.train_stream:
-        classes.update(int(c) for c in exp.classes_in_this_experience)
-    return max(classes) + 1
-
-
-def build_scenario(cfg: Dict[str, Any], run: int):
-    entry = BENCHMARKS.get(cfg["name"])
-    kwargs = _kwargs(cfg)
-    if entry.wants("run"):
-        kwargs["run"] = run
-    return entry.factory(**kwargs)
-
-
-def build_model(cfg: Dict[str, Any], n_classes: int) -> torch.nn.Module:
-    return MODELS.get(cfg["name"]).factory(num_classes=n_classes, **_kwargs(cfg))
+# Top-level entries of a checkpoint written by Run.execute, with their types.
+PAYLOAD_KEYS: Dict[str, Any] = {
+    "run": int,
+    "cell": str,
+    "digest": str,
+    "next_experience": int,
+    "wall_time": (int, float),
+    "step": int,
+    "metrics": list,
+    "strategy": dict,
+    "rng": dict,
+}
 
 
-def build_plugins(cfgs: List[Dict[str, Any]], context: RunContext) -> List[Any]:
-    plugins = []
-    for cfg in cfgs:
-        entry = PLUGINS.get(cfg["name"])
-        kwargs = _kwargs(cfg)
-        if entry.wants("context"):
-            kwargs["context"] = context
-        plugins.append(entry.factory(**kwargs))
-    return plugins
+def _failpoint_logger():
+    """A logger whose only job is the ``train_iteration`` failpoint (see :mod:`streamcl.faults`)."""
+    from avalanche.logging import BaseLogger
 
+    class FailpointLogger(BaseLogger):
+        def log_single_metric(self, name, value, x_plot) -> None:
+            pass
 
-def build_strategy(cfg: Dict[str, Any], model, plugins, evaluator, context: RunContext):
-    from streamcl.optim import build_optimizer, build_schedule
+        def after_training_iteration(self, strategy, metric_values, **kwargs) -> None:
+            failpoint("train_iteration")
 
-    optimizer = build_optimizer(cfg["optimizer"], model.parameters())
-    plugins = list(plugins)
-    if cfg.get("scheduler"):
-        plugins.append(build_schedule(cfg["scheduler"], optimizer))
-    entry = STRATEGIES.get(cfg["name"])
-    kwargs = _kwargs(cfg, drop=("name", "optimizer", "scheduler", "first_experience_epochs"))
-    if entry.wants("context"):
-        kwargs["context"] = context
-    return entry.factory(
-        model=model,
-        optimizer=optimizer,
-        criterion=torch.nn.CrossEntropyLoss(),
-        device=context.device,
-        plugins=plugins,
-        evaluator=evaluator,
-        **kwargs,
-    )
-
-
-def config_digest(cfg: Dict[str, Any]) -> str:
-    """Stable hash of a cell's config: a checkpoint is resumed only by the config that wrote it."""
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return FailpointLogger()
 
 
 class Run:
     """One run (seed / class order) of one cell."""
 
-    def __init__(self, cell: Cell, run: int, run_dir: Path, *, progress: bool = True):
+    def __init__(self, cell: Cell, run: int, run_dir: Path, *, progress: bool = True, verbose: bool = False,
+                 threads: int = 1):
         self.cell = cell
         self.cfg = cell.config
         self.run = run
         self.dir = run_dir
-        self.progress = progress
+        self.progress = progress  # False (-q): print nothing but errors
+        self.verbose = verbose  # True (-v): Avalanche's InteractiveLogger, every metric after every eval
+        self.threads = threads
         self.ckpt_path = run_dir / "checkpoint.pt"
         self.metrics_path = run_dir / "metrics.csv"
+        self.rows: List[List[Any]] = []
+        self._bar = False  # a tqdm bar shows progress (else one printed line per experience)
 
     # -- building -----------------------------------------------------------------------------
 
     def build(self):
-        """Benchmark, model, plugins, evaluator and strategy, deterministic for (config, run)."""
-        from streamcl.metrics import build_evaluator
-
+        """Benchmark, model, plugins, evaluator and strategy, deterministic for (config, run); writes nothing."""
         cfg = self.cfg
-        seed_everything(self.run)
+        # `seed` / `class_order_seed` fix one of the two for every run; by default both are the run id.
+        seed = self.run if cfg.get("seed") is None else int(cfg["seed"])
+        order = self.run if cfg.get("class_order_seed") is None else int(cfg["class_order_seed"])
+        import_modules(cfg.get("imports", []))  # a user's registrations (validated at config time)
+        seed_everything(seed)
         device = resolve_device(cfg["device"])
-        scenario = build_scenario(cfg["benchmark"], self.run)
+        scenario = build_scenario(cfg["benchmark"], order)
         n_classes = n_classes_of(scenario)
         self.context = RunContext(scenario, n_classes, self.run, device, self.dir, self.cell.name)
-        seed_everything(self.run)  # model init does not depend on what the benchmark consumed
+        seed_everything(seed)  # model init does not depend on what the benchmark consumed
         model = build_model(cfg["model"], n_classes)
         plugins = build_plugins(cfg["plugins"], self.context)
-        loggers = cfg["evaluation"]["loggers"] if self.progress else [
-            lg for lg in cfg["evaluation"]["loggers"] if lg != "progress"
-        ]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _write_cell_config(self.dir.parent, cfg)
-        evaluator = build_evaluator(cfg["evaluation"]["metrics"], loggers, self.dir)
+        evaluator = build_evaluator(cfg["evaluation"]["metrics"])
         strategy = build_strategy(cfg["strategy"], model, plugins, evaluator, self.context)
         return scenario, strategy
 
-    def _dataset_from_ids(self, ids: torch.Tensor):
+    def _attach_loggers(self, scenario, strategy, start_step: int) -> None:
+        names = self.cfg["evaluation"]["loggers"]
+        show = "progress" in names and self.progress
+        loggers = build_loggers([n for n in names if n != "progress" or (show and self.verbose)], self.dir,
+                                config=self.cfg)
+        self._bar = show and not self.verbose and is_interactive()
+        if self._bar:
+            st = self.cfg["strategy"]
+            total = estimated_iterations(scenario, st["train_mb_size"], st["first_experience_epochs"],
+                                         st["train_epochs"])
+            loggers.append(RunProgressLogger(f"{self.cell.name} run{self.run}", total, min(start_step, total)))
+        if os.environ.get(FAILPOINT_ENV):
+            loggers.append(_failpoint_logger())
+        strategy.evaluator.loggers = list(strategy.evaluator.loggers) + loggers
+        if start_step == 0:  # the resolved config, once per run, as TensorBoard text (kept by a resume)
+            text = "    " + yaml.safe_dump(self.cfg, sort_keys=True).replace("\n", "\n    ")
+            for logger in loggers:
+                writer = getattr(logger, "writer", None)
+                if writer is not None and hasattr(writer, "add_text"):
+                    writer.add_text("config", text, 0)
+
+    def _dataset_from_ids(self, ids):
         from streamcl.benchmarks.scenarios import subset_by_sample_id
 
         return subset_by_sample_id(self.context.scenario, ids.tolist())
@@ -171,63 +178,64 @@ class Run:
         if not self.ckpt_path.exists():
             return None
         payload = checkpoint.load(self.ckpt_path)
-        if payload.get("digest") != config_digest(self.cfg) or payload.get("run") != self.run:
+        for key, tp in PAYLOAD_KEYS.items():
+            if key not in payload:
+                raise CheckpointError(f"{self.ckpt_path}: has no '{key}' entry (damaged, or written by another "
+                                      "streamcl version); rerun with --restart to discard it")
+            if not isinstance(payload[key], tp) or isinstance(payload[key], bool):
+                raise CheckpointError(f"{self.ckpt_path}: entry '{key}' is a {type(payload[key]).__name__}, not "
+                                      "what streamcl writes (damaged); rerun with --restart to discard it")
+        if payload["digest"] != config_digest(self.cfg) or payload["run"] != self.run:
             raise CheckpointError(
                 f"{self.ckpt_path}: written by a different configuration of cell '{self.cell.name}'; "
                 "rerun with --restart to discard it, or change `name`/`output_dir`"
             )
+        rows = payload["metrics"]
+        if not all(isinstance(r, list) and len(r) == 4 and isinstance(r[2], str) for r in rows):
+            raise CheckpointError(f"{self.ckpt_path}: its metric rows are damaged; rerun with --restart to discard it")
         return payload
 
-    def _resume(self, strategy, payload: Optional[Dict[str, Any]]) -> Tuple[int, float]:
-        """Restore ``payload`` (if any) into the strategy: returns (next experience, wall time so far)."""
+    def _prepare_outputs(self, payload: Optional[Dict[str, Any]]) -> None:
+        """Make the run folder hold exactly what the checkpoint (or a fresh start) says it should."""
+        if payload is None:  # a fresh start: drop whatever an attempt killed before its first checkpoint left
+            tensorboard_events.reset(self.dir / "tb")
+            for name in ("metrics.csv", "summary.json", "log.txt"):
+                (self.dir / name).unlink(missing_ok=True)
+            self.rows = []
+            return
+        self.rows = [list(r) for r in payload["metrics"]]
+        atomic_write_text(self.metrics_path, rows_to_csv_text(self.rows))
+        tensorboard_events.truncate(self.dir / "tb", int(payload["step"]))
+
+    def _restore(self, strategy, payload: Optional[Dict[str, Any]]) -> Tuple[int, float]:
+        """Load ``payload`` (if any) into the strategy: returns (next experience, wall time so far)."""
         if payload is None:
-            if self.metrics_path.exists():
-                self.metrics_path.unlink()  # rows of an experience that never finished
             return 0, 0.0
         checkpoint.restore_strategy(
             strategy, payload["strategy"], checkpoint.RestoreContext(dataset_from_ids=self._dataset_from_ids),
             self.ckpt_path,
         )
         checkpoint.warn_unverified(strategy)
-        self._truncate_metrics(int(payload["metric_rows"]))
-        checkpoint.set_rng_state(payload["rng"])
-        self._purge_tensorboard(strategy, int(strategy.clock.train_iterations) + 1)
         return int(payload["next_experience"]), float(payload["wall_time"])
-
-    def _truncate_metrics(self, n_rows: int) -> None:
-        if not self.metrics_path.exists():
-            raise CheckpointError(f"{self.metrics_path}: missing next to its checkpoint; rerun with --restart")
-        with open(self.metrics_path, newline="") as f:
-            lines = f.readlines()
-        with open(self.metrics_path, "w", newline="") as f:
-            f.writelines(lines[: n_rows + 1])
-
-    def _purge_tensorboard(self, strategy, step: int) -> None:
-        """Drop TensorBoard events the interrupted run logged after its checkpoint."""
-        from avalanche.logging import TensorboardLogger
-        from torch.utils.tensorboard import SummaryWriter
-
-        for logger in strategy.evaluator.loggers:
-            if isinstance(logger, TensorboardLogger):
-                logger.writer.close()
-                logger.writer = SummaryWriter(str(self.dir / "tb"), purge_step=step)
 
     # -- training -----------------------------------------------------------------------------
 
-    def _append_metrics(self, strategy, exp_index: int, since_step: int) -> None:
-        """Append this experience's numeric metric values (the last one logged for each name)."""
+    @staticmethod
+    def _metric_counts(strategy) -> Dict[str, int]:
+        return {name: len(xs) for name, (xs, _) in strategy.evaluator.get_all_metrics().items()}
+
+    def _new_rows(self, strategy, exp_index: int, before: Dict[str, int]) -> List[List[Any]]:
+        """The numeric metric values published since ``before`` (the last one of each name).
+
+        Counting values, not comparing steps: the previous evaluation's values sit at the step
+        this experience starts from, and must not be taken again.
+        """
         rows = []
         for name, (xs, ys) in sorted(strategy.evaluator.get_all_metrics().items()):
-            if not xs or xs[-1] < since_step or not isinstance(ys[-1], (int, float)):
+            if len(xs) <= before.get(name, 0) or not isinstance(ys[-1], (int, float)):
                 continue
-            rows.append([exp_index, xs[-1], name, float(ys[-1])])
-        new = not self.metrics_path.exists()
-        with open(self.metrics_path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(METRICS_HEADER)
-            w.writerows(rows)
-        self._n_rows += len(rows)
+            rows.append([exp_index, int(xs[-1]), name, float(ys[-1])])
+        return rows
 
     def execute(self, *, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Train and evaluate every experience (resuming if possible); returns the run summary.
@@ -235,96 +243,116 @@ class Run:
         ``stop_after=k`` raises KeyboardInterrupt once k experiences have been trained by this
         call (after their checkpoint), as a crash would; tests use it to check resume.
         """
+        remove_temp_files(self.dir)  # left by a kill during an atomic write (checkpoint.pt.*.tmp included)
         payload = self._read_checkpoint()
+        set_threads(self.threads)
+        deterministic()
         scenario, strategy = self.build()
-        start, wall = self._resume(strategy, payload)
-        self._n_rows = 0
-        if self.metrics_path.exists():
-            with open(self.metrics_path) as f:
-                self._n_rows = max(0, sum(1 for _ in f) - 1)
+        set_threads(self.threads)  # again: building may have loaded faiss
+
+        start, wall = self._restore(strategy, payload)  # a refused checkpoint stops here, nothing written
+
+        # Built and restored: from here on the run folder is written.
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_cell_config(self.dir.parent, self.cfg)
+        self._prepare_outputs(payload)
+        self._attach_loggers(scenario, strategy, int(payload["step"]) if payload else 0)
+        if payload is not None:
+            checkpoint.set_rng_state(payload["rng"], where=self.ckpt_path)  # last: nothing may draw after it
+
         st = self.cfg["strategy"]
         n_exp = len(scenario.train_stream)
         workers = self.cfg["num_workers"]
         # Clip-ordered protocols (class_instance, instance) must see consecutive frames.
         shuffle = bool(getattr(getattr(scenario, "streamcl_info", None), "train_shuffle", True))
-        for t, experience in enumerate(scenario.train_stream):
-            if t < start:
-                continue
-            t0 = time.perf_counter()
-            since = int(strategy.clock.train_iterations)
-            strategy.train_epochs = st["first_experience_epochs"] if t == 0 else st["train_epochs"]
-            strategy.train(experience, num_workers=workers, shuffle=shuffle)
-            eval_stream = scenario.test_stream if self.cfg["evaluation"]["eval_on"] == "all" else \
-                scenario.test_stream[: t + 1]
-            strategy.eval(eval_stream, num_workers=workers)
-            wall += time.perf_counter() - t0
-            self._append_metrics(strategy, t, since)
-            checkpoint.save(self.ckpt_path, {
-                "run": self.run,
-                "cell": self.cell.name,
-                "digest": config_digest(self.cfg),
-                "next_experience": t + 1,
-                "wall_time": wall,
-                "metric_rows": self._n_rows,
-                "strategy": checkpoint.capture_strategy(strategy),
-                "rng": checkpoint.rng_state(),
-            })
-            acc = strategy.evaluator.get_last_metrics().get(STREAM_ACC)
-            if acc is not None:
-                print(f"[{self.cell.name} run{self.run}] experience {t + 1}/{n_exp}: "
-                      f"accuracy on seen classes {acc:.4f} ({wall:.1f} s)", flush=True)
-            if stop_after is not None and t + 1 - start >= stop_after:
-                self._close(strategy)
-                raise KeyboardInterrupt(f"stopped after experience {t} (stop_after={stop_after})")
-        summary = self._summary(strategy, n_exp, wall)
-        _write_json(self.dir / "summary.json", summary)
-        self._close(strategy)
-        return summary
+        try:
+            for t, experience in enumerate(scenario.train_stream):
+                if t < start:
+                    continue
+                t0 = time.perf_counter()
+                before = self._metric_counts(strategy)
+                strategy.train_epochs = st["first_experience_epochs"] if t == 0 else st["train_epochs"]
+                strategy.train(experience, num_workers=workers, shuffle=shuffle)
+                eval_stream = scenario.test_stream if self.cfg["evaluation"]["eval_on"] == "all" else \
+                    scenario.test_stream[: t + 1]
+                strategy.eval(eval_stream, num_workers=workers)
+                wall += time.perf_counter() - t0
+                self.rows.extend(self._new_rows(strategy, t, before))
+                atomic_write_text(self.metrics_path, rows_to_csv_text(self.rows))
+                _flush_loggers(strategy)
+                checkpoint.save(self.ckpt_path, {
+                    "run": self.run,
+                    "cell": self.cell.name,
+                    "digest": config_digest(self.cfg),
+                    "next_experience": t + 1,
+                    "wall_time": wall,
+                    "step": int(strategy.clock.train_iterations),
+                    "metrics": [list(r) for r in self.rows],
+                    "strategy": checkpoint.capture_strategy(strategy),
+                    "rng": checkpoint.rng_state(),
+                })
+                failpoint("after_checkpoint")
+                acc = stream_accuracy(strategy.evaluator.get_last_metrics())
+                if acc is not None and self.progress and not self._bar:
+                    print(f"[{self.cell.name} run{self.run}] experience {t + 1}/{n_exp}: "
+                          f"accuracy on seen classes {acc:.4f} ({wall:.1f} s)", flush=True)
+                if stop_after is not None and t + 1 - start >= stop_after:
+                    raise KeyboardInterrupt(f"stopped after experience {t} (stop_after={stop_after})")
+            summary = self._summary(n_exp, wall)
+            atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
+            return summary
+        finally:
+            _close_loggers(strategy)
 
-    def _close(self, strategy) -> None:
-        for logger in strategy.evaluator.loggers:
-            close = getattr(logger, "close", None)
-            if close:
-                close()
-            w = getattr(logger, "writer", None)
-            if w is not None and hasattr(w, "close"):
-                w.close()
-
-    def _summary(self, strategy, n_exp: int, wall: float) -> Dict[str, Any]:
-        rows = read_metrics(self.metrics_path)
-        per_exp = [r["value"] for r in rows if r["metric"] == STREAM_ACC]
-        last = {r["metric"]: r["value"] for r in rows}
+    def _summary(self, n_exp: int, wall: float) -> Dict[str, Any]:
+        rows = [dict(zip(METRICS_HEADER, r)) for r in self.rows]
+        per_exp = accuracy_per_experience(rows)
+        last = last_values(rows)
         return {
             "cell": self.cell.name,
             "run": self.run,
+            "digest": config_digest(self.cfg),
             "n_experiences": n_exp,
             "final_accuracy": per_exp[-1] if per_exp else None,
             "accuracy_per_experience": per_exp,
-            "forgetting": last.get("StreamForgetting/eval_phase/test_stream"),
-            "bwt": last.get("StreamBWT/eval_phase/test_stream"),
+            "forgetting": last.get(FORGETTING),
+            "bwt": last.get(BWT),
             "stored_bytes": int(last.get(REPLAY_BYTES, 0)),
             "wall_time_s": round(wall, 3),
         }
 
 
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """Rows of a run's ``metrics.csv`` as dicts (experience:int, step:int, metric:str, value:float)."""
-    out = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            out.append({"experience": int(r["experience"]), "step": int(r["step"]), "metric": r["metric"],
-                        "value": float(r["value"])})
-    return out
+def _flush_loggers(strategy) -> None:
+    """Push buffered TensorBoard events to disk, so the checkpoint's step covers what is on disk."""
+    for logger in strategy.evaluator.loggers:
+        w = getattr(logger, "writer", None)
+        if w is not None and hasattr(w, "flush"):
+            w.flush()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2))
+def _close_loggers(strategy) -> None:
+    for logger in strategy.evaluator.loggers:
+        close = getattr(logger, "close", None)
+        if close:
+            close()
+        w = getattr(logger, "writer", None)
+        if w is not None and hasattr(w, "close"):
+            w.close()
 
 
 def _check_cell_config(cell_dir: Path, cfg: Dict[str, Any]) -> None:
     """Refuse to mix results of two different configs under one cell folder."""
     path = cell_dir / "config.yaml"
-    if path.exists() and path.read_text() != yaml.safe_dump(cfg, sort_keys=True):
+    if not path.exists():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(
+            f"unreadable ({type(e).__name__}); rerun with --restart to discard this cell's runs, or delete the "
+            "file to keep them (each run is still checked against its own checkpoint and summary)", file=path
+        ) from None
+    if saved != yaml.safe_load(yaml.safe_dump(cfg, sort_keys=True)):
         raise ConfigError(
             f"{cell_dir} holds runs of a different configuration of this cell; rerun with --restart to "
             "replace them, or change `name` or `output_dir`", file=path
@@ -334,25 +362,57 @@ def _check_cell_config(cell_dir: Path, cfg: Dict[str, Any]) -> None:
 def _write_cell_config(cell_dir: Path, cfg: Dict[str, Any]) -> None:
     path = cell_dir / "config.yaml"
     if not path.exists():
-        _write_text(path, yaml.safe_dump(cfg, sort_keys=True))
+        atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=True))
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _finished(run_dir: Path, cfg: Dict[str, Any]) -> bool:
+    """True when the run has a summary written by this configuration."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return False
+    try:
+        summary = read_summary(path)
+    except ResultsError as e:
+        raise ResultsError(f"{e}; or delete it and rerun: the summary is rebuilt from checkpoint.pt") from None
+    if summary.get("digest", config_digest(cfg)) != config_digest(cfg):
+        raise ConfigError("written by a different configuration of this cell; rerun with --restart to discard it",
+                          file=path)
+    return True
+
+
+def _discard_unstarted(cell_dir: Path, run_dir: Path) -> None:
+    """Remove what a run that failed before its first checkpoint wrote (and its cell, if now empty)."""
+    if (run_dir / "checkpoint.pt").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if cell_dir.is_dir() and not any(p.is_dir() and p.name.startswith("run") for p in cell_dir.iterdir()):
+        shutil.rmtree(cell_dir, ignore_errors=True)
 
 
 def run_experiment(
-    exp: Experiment, *, restart: bool = False, progress: bool = True, stop_after: Optional[int] = None
+    exp: Experiment,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    stop_after: Optional[int] = None,
+    threads: Optional[int] = None,
 ) -> Path:
-    """Run every cell x run of ``exp`` (skipping finished runs), then write the summary tables."""
+    """Run every cell x run of ``exp`` (skipping finished runs), then write the summary tables.
+
+    ``threads``: torch intra-op threads per run (default: the experiment's ``threads:``,
+    else the cores available to this process less its data-loader workers).
+    """
     from streamcl.report import write_summary
 
     root = exp.root
+    if threads is None:
+        threads = getattr(exp, "threads", None) or default_threads(
+            loader_workers=max((c.config["num_workers"] for c in exp.cells), default=0))
     if exp.pretrain is not None:
         from streamcl.pretrain import run_pretrain
 
+        set_threads(threads)
         run_pretrain(exp, restart=restart, progress=progress)
     for cell in exp.cells:
         cell_dir = root / cell.name
@@ -361,11 +421,17 @@ def run_experiment(
         _check_cell_config(cell_dir, cell.config)
         for run in exp.runs:
             run_dir = cell_dir / f"run{run}"
-            if (run_dir / "summary.json").exists():
-                print(f"[{cell.name} run{run}] already finished; skipping", flush=True)
+            if _finished(run_dir, cell.config):
+                if progress:
+                    print(f"[{cell.name} run{run}] already finished; skipping", flush=True)
                 continue
-            if (run_dir / "checkpoint.pt").exists():
+            if (run_dir / "checkpoint.pt").exists() and progress:
                 print(f"[{cell.name} run{run}] resuming from {run_dir / 'checkpoint.pt'}", flush=True)
-            Run(cell, run, run_dir, progress=progress).execute(stop_after=stop_after)
+            try:
+                Run(cell, run, run_dir, progress=progress, verbose=verbose, threads=threads).execute(
+                    stop_after=stop_after)
+            except StreamclError:
+                _discard_unstarted(cell_dir, run_dir)
+                raise
     write_summary(root)
     return root

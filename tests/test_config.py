@@ -195,7 +195,7 @@ def test_environment_variables(tmp_path, monkeypatch):
 def test_evaluation_section(tmp_path):
     e = error_of(write(tmp_path, BASE + "evaluation: {metrics: [accuracy, acuracy]}\n"))
     assert e.key == "evaluation.metrics[1]" and "did you mean 'accuracy'" in str(e)
-    e = error_of(write(tmp_path, BASE + "evaluation: {loggers: [tensorboard, wandb]}\n"))
+    e = error_of(write(tmp_path, BASE + "evaluation: {loggers: [tensorboard, mlflow]}\n"))
     assert e.key == "evaluation.loggers[1]"
 
 

@@ -485,3 +485,22 @@ def test_stream_store_protects_a_class_while_the_next_one_trains():
     strat.train(tiny_stream().train_stream[0], shuffle=False)  # class 0 then class 1, 6 images each
     assert seen_in_buffer[0] == {0} and seen_in_buffer[-1] == {0, 1}
     assert plugin.replay_steps > 0  # class 0 was replayed during class 1's batches
+
+
+def test_crumb_strategy_signature_mirrors_the_plugin():
+    import inspect
+
+    from streamcl.strategies import CRUMB
+
+    params = inspect.signature(CRUMB).parameters
+    for name, p in inspect.signature(CRUMBPlugin).parameters.items():
+        assert name in params and params[name].default == p.default, name
+        assert f":param {name}:" in CRUMB.__doc__, name
+    model = bn_model()
+    strat = CRUMB(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
+                  eval_mb_size=8, evaluator=None, memory=8, n_blocks=16, block_dim=4, first_experience_epochs=2)
+    epochs = []
+    for exp in tiny_stream().train_stream:
+        strat.train(exp)
+        epochs.append(strat.clock.train_exp_epochs)
+    assert epochs == [2, 1] and strat.latent_plugin.replay_steps > 0

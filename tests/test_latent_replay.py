@@ -335,3 +335,30 @@ def test_codec_default_accounting():
     assert t.state_nbytes() == 16 * 4 * 4 + 3 * 8
     assert t.nbytes_per_item((8, 5, 5)) == 5 * 5 * 2
     assert t.is_fitted and t.learnable
+
+
+# ----------------------------------------------------------------------------- the package layout
+def test_old_import_paths_and_exports_keep_working():
+    import streamcl.benchmarks
+    import streamcl.plugins.latent_replay as lr
+    from streamcl.benchmarks import scenarios
+    from streamcl.plugins import RawReplayPlugin
+    from streamcl.plugins.raw_replay import RawReplayPlugin as Raw
+    from streamcl.strategies import CRUMB, REMIND
+    from streamcl.strategies.latent import CRUMB as OldCRUMB
+    from streamcl.strategies.latent import REMIND as OldREMIND
+
+    assert RawReplayPlugin is Raw
+    assert streamcl.benchmarks.synthetic_scenario is scenarios.synthetic
+    assert OldCRUMB is CRUMB and OldREMIND is REMIND
+    # every name the single module exported is still importable from the package, from its concept's module
+    for name, module in [("MemoryBudget", "budget"), ("parse_memory", "budget"), ("MemorySpec", "budget"),
+                         ("ClassBalancedPolicy", "policies"), ("make_policy", "policies"),
+                         ("CodeBuffer", "code_buffer"), ("augment_features", "feature_augment"),
+                         ("mixup_loss", "feature_augment"), ("LatentReplayPlugin", "plugin"),
+                         ("ReconstructedAccuracy", "metrics"), ("reconstructed_accuracy_metrics", "metrics"),
+                         ("find_latent_replay_plugin", "metrics"), ("LayerCut", "cut")]:
+        assert getattr(lr, name) is getattr(__import__(f"streamcl.plugins.latent_replay.{module}",
+                                                       fromlist=[name]), name)
+    assert {"Codec", "IdentityCodec", "LargestClassEvictionPolicy", "BufferPolicy", "random_resized_crop_features",
+            "sample_crop_boxes", "resize_crops", "mixup_features"} <= set(lr.__all__)

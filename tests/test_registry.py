@@ -122,7 +122,7 @@ def test_common_strategies_build_from_yaml(name, tmp_path):
     cfg = load_experiment(path).cells[0].config
     ctx = RunContext(scenario=None, n_classes=4, run=0, device=torch.device("cpu"), run_dir=tmp_path, cell="c")
     model = build_model(cfg["model"], 4)
-    strategy = build_strategy(cfg["strategy"], model, [], build_evaluator(["accuracy"], [], tmp_path), ctx)
+    strategy = build_strategy(cfg["strategy"], model, [], build_evaluator(["accuracy"]), ctx)
     assert strategy.train_mb_size == cfg["strategy"]["train_mb_size"]
 
 

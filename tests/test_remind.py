@@ -407,3 +407,36 @@ def test_online_stream_initialises_after_the_whole_base_experience(stream):
         assert not plugin.base_done and len(plugin.buffer or []) == 0
     s.train(base[-1])
     assert plugin.base_done and plugin.buffer.items_per_class() == {0: 40, 1: 20}
+
+
+# ----------------------------------------------------------------------------- the strategy class
+def test_remind_strategy_signature_and_explicit_epochs(stream):
+    import inspect
+
+    from streamcl.strategies import REMIND
+
+    plugin_params = inspect.signature(REMINDPlugin).parameters
+    params = inspect.signature(REMIND).parameters
+    for name, p in plugin_params.items():  # every plugin argument, with the same default
+        assert name in params and params[name].default == p.default, name
+    for name in ("model", "optimizer", "train_mb_size", "first_experience_epochs", "plugins", "evaluator"):
+        assert name in params and f":param {name}:" in REMIND.__doc__, name
+    assert REMIND.training_epoch is not Naive.training_epoch
+
+    def epochs_run(**kw):
+        model = small_cnn_cut(4, width=8, seed=0)
+        s = REMIND(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=8,
+                   eval_mb_size=64, evaluator=None, memory=30, num_codebooks=4, n_replay=2, pq_niter=5, **kw)
+        out = []
+        for exp in stream.train_stream:
+            s.train(exp)
+            out.append(s.clock.train_exp_epochs)
+        return out
+
+    assert epochs_run() == [1, 1]
+    # the base initialisation (first experience) takes first_experience_epochs; base_epochs wins over it
+    assert epochs_run(first_experience_epochs=3) == [3, 1]
+    assert epochs_run(first_experience_epochs=3, base_epochs=2) == [2, 1]
+    assert epochs_run(train_epochs=2, base_epochs=1) == [1, 2]
+    with pytest.raises(ConfigError, match="first_experience_epochs"):
+        epochs_run(first_experience_epochs=0)

@@ -18,7 +18,6 @@ every mini-experience fires every plugin's ``before/after_training_exp``
 ``strategy.experience.is_last_subexp`` (made visible in training here).
 """
 
-import fcntl
 import hashlib
 import importlib
 import json
@@ -43,6 +42,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 from avalanche.benchmarks.utils.data_attribute import DataAttribute, TaskLabels
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
 from avalanche.benchmarks.utils.transform_groups import TransformGroups
+from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
 from streamcl.benchmarks.dirmap import load_dirmap
@@ -50,6 +50,7 @@ from streamcl.benchmarks.protocols import ProtocolName, SplitView, StreamSplit, 
 from streamcl.benchmarks.transforms import default_eval_transform, default_train_transform
 from streamcl.errors import DatasetError
 from streamcl.registry import register_benchmark
+from streamcl.utils import atomic_write_text
 
 PathLike = Union[str, Path]
 Transform = Optional[Callable[..., Any]]
@@ -297,6 +298,8 @@ def _from_prepared(
     from streamcl.benchmarks import prepare
 
     mod = importlib.import_module(f"streamcl.benchmarks.raw.{_DATASET_MODULES[dataset]}")
+    if root is None:
+        raise DatasetError(f"{mod.NAME}: the benchmark root is null; give the folder `streamcl prepare` wrote")
     if not Path(root).is_dir():
         raise DatasetError(
             f"{root}: {mod.NAME} root not found; prepare the dataset with "
@@ -421,6 +424,8 @@ def synthetic(
     ``first_class: 6`` shares no class with a 6-class stream (see
     ``experiments/synthetic/paper_toybox.yaml``).
     """
+    _check_synthetic_args(root=root, layout=layout, n_classes=n_classes, n_objects=n_objects, image_size=image_size,
+                          first_class=first_class)
     prepared = ensure_synthetic(
         root, layout, n_classes=n_classes, n_objects=n_objects, image_size=image_size, seed=seed,
         first_class=first_class,
@@ -439,6 +444,39 @@ def synthetic(
         train_transform=train_transform,
         eval_transform=eval_transform,
     )
+
+
+def _check_synthetic_args(
+    *, root: Any, layout: str, n_classes: int, n_objects: int, image_size: int, first_class: int, **_: Any
+) -> None:
+    """Ranges of :func:`synthetic`'s arguments, before anything is generated.
+
+    Also run by the config checker (``synthetic.config_validate``), so that ``streamcl run
+    --dry-run`` refuses them with the key at fault; the generator's own limits (classes per
+    layout) are the bounds.
+    """
+    from streamcl.benchmarks import synthetic as synth
+    from streamcl.errors import ConfigError
+
+    if root is None:
+        raise ConfigError("must be a folder to generate the synthetic dataset in, got null (e.g. .cache/streamcl)",
+                          key="root")
+    if layout not in _DATASET_MODULES:
+        raise ConfigError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(_DATASET_MODULES)}",
+                          key="layout")
+    c_max = synth._LIMITS[synth._ALIASES.get(layout, layout)][0]
+    if not 1 <= n_classes <= c_max:
+        raise ConfigError(f"must be 1..{c_max} for the synthetic {layout} layout, got {n_classes}", key="n_classes")
+    if not 0 <= first_class <= c_max - n_classes:
+        raise ConfigError(f"must be 0..{c_max - n_classes} (first_class + n_classes <= {c_max} classes of the "
+                          f"{layout} layout), got {first_class}", key="first_class")
+    if n_objects < 1:
+        raise ConfigError(f"must be >= 1, got {n_objects}", key="n_objects")
+    if image_size < 8:
+        raise ConfigError(f"must be >= 8 (pixels), got {image_size}", key="image_size")
+
+
+synthetic.config_validate = _check_synthetic_args  # type: ignore[attr-defined]
 
 
 def ensure_synthetic(
@@ -471,15 +509,23 @@ def ensure_synthetic(
     base = Path(root) / f"{layout}-{key}"
     marker = base / "done.json"
     base.mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / f".{layout}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # filelock (a torch dependency) is portable, unlike fcntl, which does not exist on Windows.
+    with FileLock(str(Path(root) / f".{layout}-{key}.lock")):
         if marker.is_file():
-            return base / json.loads(marker.read_text())["prepared"]
+            try:
+                prepared = base / json.loads(marker.read_text(encoding="utf-8"))["prepared"]
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise DatasetError(f"{marker}: damaged cache marker; delete the folder {base} and it is "
+                                   "generated again") from None
+            if not prepared.is_dir():
+                raise DatasetError(f"{prepared}: missing from the synthetic cache; delete the folder {base} and "
+                                   "it is generated again")
+            return prepared
         for sub in ("raw", "prepared"):
             shutil.rmtree(base / sub, ignore_errors=True)
         raw_root = synth.generate(name, base / "raw", **sizes)
         out = prepare.prepare(name, raw_root, base / "prepared", progress=False, frame_size=image_size)
-        marker.write_text(
-            json.dumps({"layout": layout, "sizes": sizes, "prepared": os.path.relpath(out, base)})
+        atomic_write_text(
+            marker, json.dumps({"layout": layout, "sizes": sizes, "prepared": os.path.relpath(out, base)})
         )
         return Path(out)

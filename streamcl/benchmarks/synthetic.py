@@ -183,10 +183,11 @@ def generate(
     d_cls, d_sess, d_frames = _DEFAULTS[name]
     params = {
         "name": name,
-        "n_classes": int(n_classes or d_cls),
+        # None takes the dataset's default; 0 is an error below (it used to become the default silently)
+        "n_classes": int(d_cls if n_classes is None else n_classes),
         "n_objects": int(n_objects),
-        "n_sessions": int(n_sessions or d_sess),
-        "n_frames": int(n_frames or d_frames),
+        "n_sessions": int(d_sess if n_sessions is None else n_sessions),
+        "n_frames": int(d_frames if n_frames is None else n_frames),
         "image_size": int(image_size),
         "seed": int(seed),
         **({"first_class": int(first_class)} if first_class else {}),  # absent when 0: older trees stay valid

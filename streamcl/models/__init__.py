@@ -33,4 +33,35 @@ __all__ = [
     "MemoryBlockCodec",
     "CRUMBCodec",
     "PQCodec",
+    # whole-image classifiers with growing heads (lazy: they import Avalanche)
+    "GrowingClassifier",
+    "GrowingMultiHeadClassifier",
+    "IncrementalNet",
+    "MultiHeadNet",
+    "resnet18",
+    "resnet32",
+    "alexnet",
+    "CifarResNet",
+    # DyTox's transformer with task tokens (lazy: it imports Avalanche; factory: streamcl.models.dytox.dytox)
+    "DyToxNet",
 ]
+
+_LAZY = {
+    "GrowingClassifier": "streamcl.models.classifiers",
+    "GrowingMultiHeadClassifier": "streamcl.models.classifiers",
+    "IncrementalNet": "streamcl.models.classifiers",
+    "MultiHeadNet": "streamcl.models.classifiers",
+    "resnet18": "streamcl.models.classifiers",
+    "resnet32": "streamcl.models.classifiers",
+    "alexnet": "streamcl.models.classifiers",
+    "CifarResNet": "streamcl.models.cifar_resnet",
+    "DyToxNet": "streamcl.models.dytox",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streamcl.models' has no attribute {name!r}")

@@ -1,11 +1,14 @@
-"""SplitNet: a frozen trunk followed by a plastic head, the model shape latent replay needs.
+"""SplitNet: a frozen trunk followed by a plastic head, one convenient shape for latent replay.
 
 ``SplitNet(trunk, head)(x) == head(trunk(x))``. Latent-replay plugins
 (:class:`streamcl.plugins.CRUMBPlugin`, :class:`streamcl.plugins.REMINDPlugin`)
 read ``model.trunk`` and ``model.head`` and may install a *feature hook*
 (:meth:`SplitNet.hooked`) that rewrites the trunk's feature map before the head
 sees it (e.g. replace it by its compressed reconstruction). The hook is a plain
-attribute, not a sub-module: it never appears in ``state_dict()``.
+attribute, not a sub-module: it never appears in ``state_dict()``. The plugins
+also take any other ``nn.Module`` with ``latent_layer="layer4.0"`` (the name of
+the layer to cut at, see :mod:`streamcl.plugins.latent_replay.cut`); the cut
+factories below build SplitNets with the papers' cuts and heads.
 """
 
 from __future__ import annotations

@@ -34,11 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
+from streamcl.faults import failpoint
 from streamcl.models.codebook import DISTMATCH_PRESETS, INITS, MemoryBlockCodec, distmatch_preset
 from streamcl.models.codec import Codec, IdentityCodec
-from streamcl.models.splitnet import classifier_prefix, is_splitnet
+from streamcl.models.splitnet import classifier_prefix
 from streamcl.models.weights import load_matching
-from streamcl.plugins.latent_replay import LatentReplayPlugin, _splitnet_or_raise
+from streamcl.plugins.latent_replay import LatentReplayPlugin, ModelCut, resolve_cut
 from streamcl.registry import register_plugin
 
 __all__ = ["CRUMBPlugin", "pretrain_crumb", "save_crumb_pretrained", "load_crumb_pretrained"]
@@ -69,6 +70,7 @@ def pretrain_crumb(
     num_workers: int = 0,
     seed: Optional[int] = None,
     max_steps: Optional[int] = None,
+    latent_layer: Optional[str] = None,
 ) -> List[float]:
     """Offline CRUMB pretraining of the head and the codebook (trunk frozen).
 
@@ -77,7 +79,7 @@ def pretrain_crumb(
     the authors' current script does by mistake). Defaults follow the paper:
     SGD lr 1e-3, momentum 0.9, weight decay 1e-4, batch 128, 10 epochs.
 
-    :param model: a :class:`~streamcl.models.SplitNet`.
+    :param model: a :class:`~streamcl.models.SplitNet`, or any model with ``latent_layer``.
     :param codec: the codebook to train (a ``"first_batch"`` init is fitted on the first batch).
     :param data: a ``Dataset`` yielding ``(x, y, ...)`` or a ready ``DataLoader``.
     :param train_trunk: also train the trunk (through the direct term), i.e. the
@@ -86,11 +88,12 @@ def pretrain_crumb(
         is frozen again afterwards.
     :param optimizer: optional optimiser over head + codebook parameters (default: SGD as above).
     :param max_steps: stop after this many mini-batches (smoke tests).
+    :param latent_layer: the layer to cut a model that is not a SplitNet at (e.g. ``"layer4.0"``).
     :return: mean loss of each epoch.
     """
     from torch.utils.data import DataLoader
 
-    model = _splitnet_or_raise(model, "pretrain_crumb")
+    cut = resolve_cut(model, latent_layer, "pretrain_crumb")
     if train_trunk and not direct_loss:
         raise StreamclError("pretrain_crumb: train_trunk needs direct_loss (the trunk learns through head(trunk(x)) only)")
     device = torch.device(device)
@@ -103,25 +106,23 @@ def pretrain_crumb(
         if seed is not None:
             g.manual_seed(int(seed))
         loader = DataLoader(data, batch_size=mb_size, shuffle=shuffle, num_workers=num_workers, generator=g)
-    frozen = bool(getattr(model, "freeze_trunk", False))
+    frozen = cut.frozen
     if train_trunk:
-        model.freeze_trunk = False
-        model.trunk.requires_grad_(True)
+        cut.unfreeze()
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in codec.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     ce = nn.CrossEntropyLoss()
     model.train()
     try:
-        return _pretrain_epochs(model, codec, loader, opt, params, ce, epochs=epochs, direct_loss=direct_loss,
+        return _pretrain_epochs(cut, codec, loader, opt, params, ce, epochs=epochs, direct_loss=direct_loss,
                                 clamp=clamp, device=device, max_steps=max_steps)
     finally:
         if train_trunk and frozen:  # back to a frozen trunk (no gradients, eval-mode BatchNorm) for streaming
-            model.freeze_trunk = True
-            model.trunk.requires_grad_(False)
-            model.trunk.eval()
+            cut.freeze()
 
 
-def _pretrain_epochs(model, codec, loader, opt, params, ce, *, epochs, direct_loss, clamp, device, max_steps):
+def _pretrain_epochs(cut: ModelCut, codec, loader, opt, params, ce, *, epochs, direct_loss, clamp, device,
+                     max_steps):
     """The epoch loop of :func:`pretrain_crumb`: mean loss of each epoch."""
     history: List[float] = []
     steps = 0
@@ -129,12 +130,12 @@ def _pretrain_epochs(model, codec, loader, opt, params, ce, *, epochs, direct_lo
         total, count = 0.0, 0
         for batch in loader:
             x, y = batch[0].to(device), batch[1].to(device).long()
-            f = model.features(x)
+            f = cut.trunk(x)
             if not codec.is_fitted:
                 codec.fit(f)
-            loss = ce(model.head(codec.decode(codec.encode(f))), y)
+            loss = ce(cut.head(codec.decode(codec.encode(f))), y)
             if direct_loss:
-                loss = loss + ce(model.head(f), y)
+                loss = loss + ce(cut.head(f), y)
             opt.zero_grad()
             loss.backward()
             if clamp is not None:
@@ -142,6 +143,7 @@ def _pretrain_epochs(model, codec, loader, opt, params, ce, *, epochs, direct_lo
                     if p.grad is not None:
                         p.grad.data.clamp_(-clamp, clamp)
             opt.step()
+            failpoint("pretrain_step")
             total += float(loss.detach()) * len(y)
             count += len(y)
             steps += 1
@@ -230,7 +232,9 @@ class CRUMBPlugin(LatentReplayPlugin):
     """CRUMB: compositional replay of codebook indices ("memory blocks") of frozen-trunk features.
 
     Use with ``avalanche.training.Naive`` (or :class:`streamcl.strategies.CRUMB`)
-    on a :class:`~streamcl.models.SplitNet` (e.g. ``squeezenet_cut``). Paper
+    on a :class:`~streamcl.models.SplitNet` (e.g. ``squeezenet_cut``), or on any
+    model with ``latent_layer`` naming the layer to cut at (torchvision's
+    ``squeezenet1_0()`` at ``"features.11"``, a ResNet at ``"layer4.0"``). Paper
     settings are the defaults; the ablations are switches.
 
     :param memory: replay budget: items (``417``), ``{"items": 417}`` or
@@ -273,6 +277,9 @@ class CRUMBPlugin(LatentReplayPlugin):
         replaces the initial one (load the trunk/head with the model's ``weights:``).
     :param buffer_device: where the code buffer lives.
     :param seed: seed of codebook init, replay draws and buffer truncation.
+    :param latent_layer: for a model that is not a SplitNet, the name of the layer to cut it at
+        (any ``model.named_modules()`` name); what lies before is frozen, replayed items go
+        through the layers after it only.
     """
 
     def __init__(
@@ -299,6 +306,7 @@ class CRUMBPlugin(LatentReplayPlugin):
         pretrained: Optional[str] = None,
         buffer_device: str = "cpu",
         seed: int = 0,
+        latent_layer: Optional[str] = None,
     ):
         if direct_loss_only and plus_direct_loss:
             raise ConfigError("direct_loss_only and plus_direct_loss exclude each other: set at most one", key="plus_direct_loss")
@@ -337,6 +345,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             freeze_codec=freeze_memory,
             buffer_device=buffer_device,
             seed=seed,
+            latent_layer=latent_layer,
         )
         self.storage = storage
         self.n_blocks = int(n_blocks)
@@ -405,12 +414,12 @@ class CRUMBPlugin(LatentReplayPlugin):
     ) -> List[float]:
         """Pretrain head + this plugin's codebook offline (see :func:`pretrain_crumb`).
 
-        ``model`` is a SplitNet or a strategy (its ``model`` and ``device`` are used).
+        ``model`` is the model (a SplitNet, or any model cut at this plugin's ``latent_layer``)
+        or a strategy (its ``model`` and ``device`` are used).
         """
-        if not is_splitnet(model) and hasattr(model, "model"):
+        if not isinstance(model, nn.Module) and hasattr(model, "model"):
             device = device if device is not None else getattr(model, "device", "cpu")
             model = model.model
-        model = _splitnet_or_raise(model, "CRUMBPlugin.pretrain")
         if self.storage == "raw_features":
             raise StreamclError("CRUMBPlugin.pretrain: storage='raw_features' has no codebook to pretrain")
         codec = self.ensure_codec(model)
@@ -431,6 +440,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             device=device or "cpu",
             seed=self.seed,
             max_steps=max_steps,
+            latent_layer=self.latent_layer,
         )
 
     def save_pretrained(self, path: PathLike, model: Optional[nn.Module] = None) -> Path:

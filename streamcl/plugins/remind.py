@@ -27,41 +27,48 @@ faiss product quantiser (:class:`~streamcl.models.pq.PQCodec`) and these setting
 - **evaluation** passes test features through encode/decode as well
   (``head(decode(encode(trunk(x))))``).
 
-How ``mode="per_sample"`` takes over Avalanche's update
--------------------------------------------------------
+``mode="per_sample"``: REMIND's own training loop
+--------------------------------------------------
 Avalanche runs one ``forward -> criterion -> backward -> optimizer.step`` per
-mini-batch. The trunk is by far the most expensive part, so the template's own
-forward is kept (through the shared feature hook, it computes the trunk
-features once, encodes them and gives ``mb_output`` for the metrics). In
-``before_backward`` the plugin then runs REMIND's inner loop itself: for each
-example of the mini-batch ``zero_grad -> head(1 new + n_replay) -> backward ->
-optimizer.step`` on ``strategy.optimizer``, admitting the example to the buffer
-after its step. It finally clears the gradients and replaces ``strategy.loss``
-by a detached copy (same value, no graph), so the template's own
-``backward`` / ``optimizer.step`` that follow are no-ops (optimisers skip
-parameters whose ``grad`` is None). A regulariser plugin that adds a term to
-``strategy.loss`` *after* this plugin still gets one step per mini-batch.
+mini-batch; REMIND steps once per example. :func:`per_sample_training_epoch` is
+that epoch, written as Avalanche's own loop with the inner loop added (as AR1
+overrides ``training_epoch``), so every plugin's callbacks run at every step:
+
+* per mini-batch, ``before_training_iteration``; then the model runs once on
+  the mini-batch with the feature hook (the trunk, by far the most expensive
+  part, computes the features once; they are encoded, and the logits of the
+  mini-batch are ``mb_output`` for the training metrics);
+* per example, a whole Avalanche step with ``mbatch`` = that example:
+  ``zero_grad -> before_forward -> head(1 new + n_replay replayed items) ->
+  after_forward -> REMIND's loss -> before_backward -> backward -> after_backward
+  -> before_update -> optimizer.step -> after_update``. ``mb_output`` holds the new
+  example's logits, so EWC, MAS and LwF add their terms to ``strategy.loss`` in
+  ``before_backward`` as in any step; the example is admitted to the buffer after its step;
+* ``after_training_iteration`` sees the mini-batch again (its logits and loss).
+
+:class:`streamcl.strategies.REMIND` runs this epoch. On another strategy whose
+``training_epoch`` is Avalanche's standard one (``Naive`` and the other
+``SupervisedTemplate`` strategies), the plugin installs the same epoch on that
+strategy instance for each streaming experience and removes it afterwards, so
+``Naive(plugins=[REMINDPlugin()])`` trains exactly as ``REMIND(...)``; a strategy
+with a training loop of its own gets an error (use ``mode="batched"`` there).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from streamcl.errors import CheckpointError, ConfigError
+from streamcl.errors import CheckpointError, ConfigError, StreamclError
 from streamcl.models.pq import PQCodec
-from streamcl.plugins.latent_replay import (
-    LatentReplayPlugin,
-    _splitnet_or_raise,
-    mixup_loss,
-    random_resized_crop_features,
-)
+from streamcl.plugins.latent_replay import LatentReplayPlugin, mixup_loss, random_resized_crop_features
 from streamcl.registry import register_plugin
 
-__all__ = ["REMINDPlugin", "PerClassStepLR"]
+__all__ = ["REMINDPlugin", "PerClassStepLR", "per_sample_training_epoch"]
 
 
 class PerClassStepLR:
@@ -107,16 +114,20 @@ class PerClassStepLR:
         self.counts = {int(k): int(v) for k, v in dict(state.get("counts", {})).items()}
 
 
+
 @register_plugin("remind")
 class REMINDPlugin(LatentReplayPlugin):
     """REMIND: streaming replay of product-quantised frozen-trunk features.
 
-    Use with ``avalanche.training.Naive`` on a :class:`~streamcl.models.SplitNet`
-    (``resnet18_cut`` for the paper, ``squeezenet_cut`` for the CRUMB
-    comparison), ``train_mb_size`` as you like (per-sample mode steps once per
-    example anyway), one epoch per streaming experience, and an SGD optimiser
-    (momentum 0.9, weight decay 1e-5 in the paper). Requires faiss
-    (``pip install 'streamcl[cpu]'`` or ``'streamcl[gpu]'``).
+    Use with :class:`streamcl.strategies.REMIND`, or ``avalanche.training.Naive``
+    (see the module docstring for how per-sample steps run there), on a
+    :class:`~streamcl.models.SplitNet` (``resnet18_cut`` for the paper,
+    ``squeezenet_cut`` for the CRUMB comparison) or on any model with
+    ``latent_layer`` (``"layer4.0"`` for a torchvision or timm ResNet-18);
+    ``train_mb_size`` as you like (per-sample mode steps once per example anyway),
+    one epoch per streaming experience, and an SGD optimiser (momentum 0.9, weight
+    decay 1e-5 in the paper). Requires faiss (``pip install 'streamcl[cpu]'`` or
+    ``'streamcl[gpu]'``).
 
     :param memory: replay budget: items (``417``), ``{"items": N}`` or
         ``{"bytes": "2.26MB"}`` (the whole memory: the PQ centroids, then codes +
@@ -138,8 +149,10 @@ class REMINDPlugin(LatentReplayPlugin):
     :param crop_ratio: aspect-ratio range of the crop.
     :param crop_new: also crop the new example (the authors' code does; the paper text crops replays).
     :param mixup_alpha: Beta(alpha, alpha) of the mixup between two replay halves (0.1; null disables).
-    :param base_epochs: epochs of the base initialisation on the first experience
-        (default: the strategy's ``train_epochs``).
+    :param base_epochs: epochs of the base initialisation, i.e. of the first experience. ``None``:
+        the strategy's ``train_epochs`` when the first experience starts, which is the YAML's
+        ``first_experience_epochs`` under ``streamcl run`` (the runner sets ``train_epochs`` per
+        experience) and :class:`streamcl.strategies.REMIND`'s ``first_experience_epochs``.
     :param base_train_trunk: also train the trunk during base initialisation (frozen again afterwards).
     :param pq_train_vectors: at most this many C-vectors (sampled uniformly) train the PQ.
     :param pq_niter: k-means iterations of the PQ training.
@@ -149,6 +162,9 @@ class REMINDPlugin(LatentReplayPlugin):
     :param use_gpu: faiss on the GPU: ``"auto"`` (faiss-gpu present and data on CUDA), true, false.
     :param buffer_device: where the code buffer lives (``"cpu"``).
     :param seed: seed of the PQ k-means, replay draws, augmentation and evictions.
+    :param latent_layer: for a model that is not a SplitNet, the name of the layer to cut it at
+        (any ``model.named_modules()`` name, e.g. ``"layer4.0"``); what lies before is frozen,
+        replayed items go through the layers after it only.
     """
 
     def __init__(
@@ -180,6 +196,7 @@ class REMINDPlugin(LatentReplayPlugin):
         use_gpu: Union[bool, str] = "auto",
         buffer_device: str = "cpu",
         seed: int = 0,
+        latent_layer: Optional[str] = None,
     ):
         self._check_choice("mode", mode, ("per_sample", "batched"))
         self._check_choice("lr_schedule", lr_schedule, ("per_class", "constant"))
@@ -203,7 +220,7 @@ class REMINDPlugin(LatentReplayPlugin):
             memory=memory,
             policy="largest_class",
             # batched: the shared joint replay (B new + replays in one step); per_sample: the
-            # inner loop below draws its own replays, so the shared joint draw is switched off.
+            # per-example steps draw their own replays, so the shared joint draw is switched off.
             replay="joint" if (mode == "batched" and replays > 0) else "none",
             replay_sampling="uniform",
             replay_mb_size=replays or None,
@@ -222,6 +239,7 @@ class REMINDPlugin(LatentReplayPlugin):
             fit_codec="never",  # fitted by the base initialisation
             buffer_device=buffer_device,
             seed=seed,
+            latent_layer=latent_layer,
         )
         self.mode = mode
         self.n_replay = int(n_replay)
@@ -238,6 +256,13 @@ class REMINDPlugin(LatentReplayPlugin):
         self.steps = 0  # optimiser steps taken by REMIND while streaming
         self._saved_train_epochs: Optional[int] = None
         self._in_base = False
+        # per-sample steps: the mini-batch's codes and decoded maps, the step being taken
+        self._batch_codes: Optional[Tensor] = None
+        self._new_feats: Optional[Tensor] = None
+        self._step_index: Optional[int] = None
+        self._step: Optional[Tuple[Tensor, Tensor, Tensor, float]] = None
+        self._step_loss_sum = 0.0
+        self._installed_on: Any = None  # a plain strategy running per_sample_training_epoch
 
     # ------------------------------------------------------------------ properties
     @property
@@ -247,24 +272,30 @@ class REMINDPlugin(LatentReplayPlugin):
     def _streaming(self) -> bool:
         return self.base_done and self.codec is not None and self.codec.is_fitted
 
+    def steps_per_sample(self) -> bool:
+        """True when the current epoch must take one optimiser step per example (per_sample mode, streaming)."""
+        return self.mode == "per_sample" and self._streaming()
+
+    def _in_step(self) -> bool:
+        return self._step_index is not None
+
     # ------------------------------------------------------------------ base initialisation
     def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         super().before_training_exp(strategy, *args, **kwargs)
         self._in_base = not self.base_done
         if not self._in_base:
+            self._install_per_sample_epoch(strategy)
             return
-        model = _splitnet_or_raise(strategy.model, type(self).__name__)
         if self.base_epochs is not None and self._saved_train_epochs is None:
             self._saved_train_epochs = strategy.train_epochs
             strategy.train_epochs = self.base_epochs
         if self.base_train_trunk:
-            model.freeze_trunk = False
-            for p in model.trunk.parameters():
-                p.requires_grad_(True)
-            model.train()  # the trunk leaves eval mode too (BatchNorm statistics adapt to the base data)
+            self.model_cut(strategy.model).unfreeze()
+            strategy.model.train()  # the trunk leaves eval mode too (BatchNorm statistics adapt to the base data)
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, *args, **kwargs)
+        self._uninstall_per_sample_epoch(strategy)
         if not self._in_base:
             return
         exp = strategy.experience
@@ -278,12 +309,8 @@ class REMINDPlugin(LatentReplayPlugin):
         if self._saved_train_epochs is not None:
             strategy.train_epochs = self._saved_train_epochs
             self._saved_train_epochs = None
-        model = _splitnet_or_raise(strategy.model, type(self).__name__)
         if self.base_train_trunk:
-            model.freeze_trunk = True
-            for p in model.trunk.parameters():
-                p.requires_grad_(False)
-            model.trunk.eval()
+            self.model_cut(strategy.model).freeze()
         try:
             dataset = exp.origin_experience.dataset
         except Exception:
@@ -304,7 +331,7 @@ class REMINDPlugin(LatentReplayPlugin):
         ``pq_train_vectors`` spatial C-vectors uniformly and fits the PQ, the
         second encodes all examples in order (largest-class eviction caps the buffer).
         """
-        model = _splitnet_or_raise(strategy.model, type(self).__name__)
+        model = self.model_cut(strategy.model).model
         dataset = self._eval_view(dataset)
         was = model.training
         model.eval()
@@ -312,7 +339,7 @@ class REMINDPlugin(LatentReplayPlugin):
             if not self.codec.is_fitted:  # type: ignore[union-attr]
                 total = max(1, len(dataset))
                 vecs: List[Tensor] = []
-                for x, _ in self._iterate_experience(strategy, dataset):
+                for x, _ in self._iterate_experience(strategy, dataset, desc="REMIND: training the quantiser"):
                     f = self.features(strategy, x)
                     self._on_feature_shape(strategy, f)
                     v = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
@@ -328,7 +355,7 @@ class REMINDPlugin(LatentReplayPlugin):
                     )
                 train = torch.cat(vecs)[: self.pq_train_vectors]
                 self.codec.fit(train[:, :, None, None].to(strategy.device))  # type: ignore[union-attr]
-            for x, y in self._iterate_experience(strategy, dataset):
+            for x, y in self._iterate_experience(strategy, dataset, desc="REMIND: encoding the base data"):
                 f = self.features(strategy, x)
                 self._on_feature_shape(strategy, f)
                 self.store_codes(self.encode(f), y)
@@ -336,28 +363,49 @@ class REMINDPlugin(LatentReplayPlugin):
             model.train(was)
         self.base_done = True
 
-    # ------------------------------------------------------------------ streaming
-    def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        """Batched mode: set the step's lr (mean of the per-class lrs of the mini-batch's examples)."""
-        if self.mode != "batched" or self.lr_scheduler is None or not self._streaming():
+    # ------------------------------------------------------------------ per-sample steps
+    def _install_per_sample_epoch(self, strategy: Any) -> None:
+        """Give a plain strategy REMIND's per-sample epoch for this experience (see the module docstring)."""
+        if not self.steps_per_sample() or getattr(strategy, "runs_remind_epoch", False):
             return
-        labels = strategy.mb_y.tolist()
-        lr = sum(self.lr_scheduler.lr(c) for c in labels) / max(1, len(labels))
-        self.lr_scheduler.apply(strategy.optimizer, lr)
+        from avalanche.training.templates.update_type import SGDUpdate
 
-    def after_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        super().after_update(strategy, *args, **kwargs)
-        if self.mode == "batched" and self._streaming() and self._codes is not None:
-            self.steps += 1
-            if self.lr_scheduler is not None:
-                for c in strategy.mb_y.tolist():
-                    self.lr_scheduler.step(c)
+        if getattr(type(strategy), "training_epoch", None) is not SGDUpdate.training_epoch:
+            raise StreamclError(
+                f"REMINDPlugin(mode='per_sample') takes one optimiser step per example, which needs REMIND's "
+                f"training epoch, but {type(strategy).__name__} has a training loop of its own: use "
+                "streamcl.strategies.REMIND (strategy: {name: remind} in YAML), or mode='batched'"
+            )
+        strategy.training_epoch = functools.partial(per_sample_training_epoch, strategy, self)
+        self._installed_on = strategy
 
-    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        if self.mode == "per_sample" and self._streaming() and self._codes is not None:
-            self.per_sample_steps(strategy)
-            return
-        super().before_backward(strategy, *args, **kwargs)
+    def _uninstall_per_sample_epoch(self, strategy: Any) -> None:
+        if self._installed_on is strategy:
+            vars(strategy).pop("training_epoch", None)
+        self._installed_on = None
+
+    def encode_minibatch(self, strategy: Any) -> Tensor:
+        """Run the model once on ``strategy.mbatch`` with the feature hook: the trunk features are
+        encoded (and decoded for the per-example steps); returns the mini-batch's logits (masked
+        when ``mask_logits``) for the training metrics."""
+        cut = self.model_cut(strategy.model)
+        self._codec_zero_grad()
+        self._joint = None
+        self._replay_logits = None
+        self._strategy = strategy
+        cut.set_hook(self._train_hook)
+        try:
+            with torch.no_grad():
+                out = strategy.forward()
+        finally:
+            cut.set_hook(None)
+            self._strategy = None
+        if self.mask_logits:
+            out = self.mask(out)
+        self._batch_codes = self._codes
+        self._new_feats = self.codec.decode(self._codes.to(strategy.device))  # type: ignore[union-attr]
+        self._step_loss_sum = 0.0
+        return out
 
     def draw_replay(self, device: Any) -> Optional[Tuple[Tensor, Tensor, Tensor, float]]:
         """Decoded, augmented replay items for one step: ``(feats, labels_a, labels_b, lam)`` or None."""
@@ -369,53 +417,92 @@ class REMINDPlugin(LatentReplayPlugin):
             return None
         return self.replay_features(codes, labels, device)
 
-    def per_sample_steps(self, strategy: Any) -> None:
-        """REMIND's inner loop: one optimiser step per example of the mini-batch (see module doc)."""
-        model = strategy.model
-        opt = strategy.optimizer
-        codes = self._codes
-        labels = strategy.mb_y.long()
-        new_feats = self.codec.decode(codes.to(strategy.device))  # type: ignore[union-attr]
-        store = strategy.clock.train_exp_epochs == 0
-        total = 0.0
-        for i in range(len(labels)):
-            y = labels[i : i + 1]
-            x = new_feats[i : i + 1]
-            if self.crop_new:
-                x = random_resized_crop_features(
-                    x,
-                    scale=self.crop_scale,
-                    ratio=self.crop_ratio,
-                    generator=self.generator,  # type: ignore[arg-type]
-                )
-            ya, yb, lam = y, y, 1.0
-            replay = self.draw_replay(strategy.device)
-            if replay is not None:
-                rf, ra, rb, lam = replay
-                x = torch.cat([x, rf.to(x.dtype)])
-                ya, yb = torch.cat([y, ra]), torch.cat([y, rb])
-            if self.lr_scheduler is not None:
-                self.lr_scheduler.apply(opt, self.lr_scheduler.lr(int(y)))
-            opt.zero_grad(set_to_none=True)
-            logits = model.head(x)
-            if self.mask_logits:
-                logits = self.mask(logits)
-            loss = mixup_loss(strategy._criterion, logits, ya, yb, lam)
-            loss.backward()
-            self.clamp_gradients(strategy)
-            opt.step()
+    def step_forward(self, strategy: Any, i: int) -> Tensor:
+        """Step ``i``: the layers after the cut on new example ``i`` + ``n_replay`` replayed items.
+
+        Returns the new example's logits (the step's ``mb_output``); the replayed items'
+        logits and labels are kept for :meth:`step_loss`.
+        """
+        self._step_index = i
+        y = strategy.mb_y.long()
+        x = self._new_feats[i : i + 1]  # type: ignore[index]
+        if self.crop_new:
+            x = random_resized_crop_features(
+                x,
+                scale=self.crop_scale,
+                ratio=self.crop_ratio,
+                generator=self.generator,  # type: ignore[arg-type]
+            )
+        ya, yb, lam = y, y, 1.0
+        replay = self.draw_replay(strategy.device)
+        if replay is not None:
+            rf, ra, rb, lam = replay
+            x = torch.cat([x, rf.to(x.dtype)])
+            ya, yb = torch.cat([y, ra]), torch.cat([y, rb])
+        logits = self.head(strategy, x)
+        if self.mask_logits:
+            logits = self.mask(logits)
+        self._step = (logits, ya, yb, lam)
+        return logits[:1]
+
+    def step_loss(self, strategy: Any) -> Tensor:
+        """REMIND's loss of the current step: mean (mixup-aware) loss over the new and replayed items."""
+        logits, ya, yb, lam = self._step  # type: ignore[misc]
+        loss = mixup_loss(strategy._criterion, logits, ya, yb, lam)
+        self._step_loss_sum += float(loss.detach())
+        self.last_replay_size = len(logits) - 1
+        return loss
+
+    def end_minibatch(self, strategy: Any) -> None:
+        """After the per-example steps: the replay loss of the mini-batch; its codes are stored already."""
+        self.last_replay_loss = self._step_loss_sum / max(1, len(strategy.mb_y))
+        self._codes = None  # admitted one by one, after each example's step
+        self._batch_codes = None
+        self._new_feats = None
+        self._step = None
+
+    # ------------------------------------------------------------------ streaming callbacks
+    def before_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self._in_step():
+            return  # the step's forward is step_forward (the layers after the cut only)
+        super().before_forward(strategy, *args, **kwargs)
+
+    def after_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self._in_step():
+            return
+        super().after_forward(strategy, *args, **kwargs)
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self._in_step():
+            return  # REMIND's loss is the step's loss already
+        super().before_backward(strategy, *args, **kwargs)
+
+    def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        """Set the step's lr: the example's per-class lr, or in batched mode the mini-batch's mean."""
+        if self.lr_scheduler is None or not self._streaming():
+            return
+        if self._in_step():
+            self.lr_scheduler.apply(strategy.optimizer, self.lr_scheduler.lr(int(strategy.mb_y[0])))
+        elif self.mode == "batched":
+            labels = strategy.mb_y.tolist()
+            lr = sum(self.lr_scheduler.lr(c) for c in labels) / max(1, len(labels))
+            self.lr_scheduler.apply(strategy.optimizer, lr)
+
+    def after_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().after_update(strategy, *args, **kwargs)
+        if self._in_step():
+            i = self._step_index
+            self._step_index = None
             self.steps += 1
-            self.last_replay_size = len(x) - 1
-            total += float(loss.detach())
-            if store:
-                self.store_codes(codes[i : i + 1], y)
+            if strategy.clock.train_exp_epochs == 0:
+                self.store_codes(self._batch_codes[i : i + 1], strategy.mb_y)  # type: ignore[index]
             if self.lr_scheduler is not None:
-                self.lr_scheduler.step(int(y))
-        self.last_replay_loss = total / max(1, len(labels))
-        # Hand the template an update that changes nothing (see the module docstring).
-        opt.zero_grad(set_to_none=True)
-        strategy.loss = strategy.loss.detach().requires_grad_(True)
-        self._codes = None  # already stored, one by one
+                self.lr_scheduler.step(int(strategy.mb_y[0]))
+        elif self.mode == "batched" and self._streaming() and self._codes is not None:
+            self.steps += 1
+            if self.lr_scheduler is not None:
+                for c in strategy.mb_y.tolist():
+                    self.lr_scheduler.step(c)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
@@ -451,3 +538,46 @@ class REMINDPlugin(LatentReplayPlugin):
             f"REMINDPlugin(M={self.pq.num_codebooks}, nbits={self.pq.nbits}, mode={self.mode}, "
             f"n_replay={self.n_replay}, lr_schedule={self.lr_schedule}, memory={self.budget.to_dict()})"
         )
+
+
+def per_sample_training_epoch(strategy: Any, plugin: REMINDPlugin, **kwargs: Any) -> None:
+    """REMIND's training epoch in per-sample mode: one optimiser step per example, all callbacks at each.
+
+    :class:`streamcl.strategies.REMIND` runs it as its ``training_epoch`` while streaming; the
+    plugin installs it on a plain strategy (see the module docstring). Avalanche's own
+    ``SGDUpdate.training_epoch`` with an inner loop over the examples of each mini-batch.
+    """
+    for mbatch in strategy.dataloader:
+        if strategy._stop_training:
+            break
+        strategy.mbatch = mbatch
+        strategy._unpack_minibatch()
+        strategy._before_training_iteration(**kwargs)
+
+        # The trunk once per mini-batch: codes of every example, logits for the metrics.
+        batch = strategy.mbatch
+        logits = plugin.encode_minibatch(strategy)
+        for i in range(len(batch[1])):
+            strategy.mbatch = [t[i : i + 1] for t in batch]
+            strategy.optimizer.zero_grad()
+            strategy.loss = strategy._make_empty_loss()
+
+            strategy._before_forward(**kwargs)
+            strategy.mb_output = plugin.step_forward(strategy, i)
+            strategy._after_forward(**kwargs)
+
+            strategy.loss += plugin.step_loss(strategy)
+            strategy._before_backward(**kwargs)  # EWC, MAS, LwF ... add their terms here
+            strategy.backward()
+            strategy._after_backward(**kwargs)
+
+            strategy._before_update(**kwargs)
+            strategy.optimizer_step()
+            strategy._after_update(**kwargs)  # the example joins the buffer
+
+        # The mini-batch again for after_training_iteration (metrics, clock): its logits and loss.
+        strategy.mbatch = batch
+        strategy.mb_output = logits
+        strategy.loss = strategy._make_empty_loss() + strategy.criterion().detach()
+        plugin.end_minibatch(strategy)
+        strategy._after_training_iteration(**kwargs)

@@ -1,106 +1,93 @@
-"""CRUMB and REMIND as ready-made strategies: ``avalanche.training.Naive`` + the latent-replay plugin.
+"""What CRUMB and REMIND share as strategies: ``Naive`` with a latent-replay plugin first in its plugins.
 
-``CRUMB(model=..., optimizer=..., train_mb_size=21, memory={"bytes": "2.26MB"})``
-is exactly ``Naive(model=..., optimizer=..., train_mb_size=21,
-plugins=[CRUMBPlugin(memory=...)])``: the keyword arguments of Avalanche's
-``Naive`` (``model, optimizer, criterion, train_mb_size, train_epochs,
-eval_mb_size, device, plugins, evaluator, eval_every``) plus those of the
-plugin. The plugin instance is ``strategy.latent_plugin`` and comes first in
-``strategy.plugins``.
+:class:`LatentReplayStrategy` is the base of :class:`streamcl.strategies.CRUMB` and
+:class:`streamcl.strategies.REMIND` (each in its own module, with its full signature);
+:func:`latent_replay_strategy` builds the same kind of strategy for a
+:class:`~streamcl.plugins.LatentReplayPlugin` subclass of your own.
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
-from typing import Any, Dict, List, Type
+from typing import Any, Dict, Optional, Sequence, Type
 
 from avalanche.training import Naive
 
-from streamcl.plugins.crumb import CRUMBPlugin
+from streamcl.errors import ConfigError
 from streamcl.plugins.latent_replay import LatentReplayPlugin
-from streamcl.plugins.remind import REMINDPlugin
-from streamcl.registry import register_strategy
 
-__all__ = ["CRUMB", "REMIND", "latent_replay_strategy"]
-
-_NAIVE_KEYS = (
-    "model",
-    "optimizer",
-    "criterion",
-    "train_mb_size",
-    "train_epochs",
-    "eval_mb_size",
-    "device",
-    "plugins",
-    "evaluator",
-    "eval_every",
-)
+__all__ = ["LatentReplayStrategy", "latent_replay_strategy"]
 
 
-def _resolved_params(func: Any, skip: tuple = ("self",)) -> List[inspect.Parameter]:
-    """Keyword parameters of ``func`` with evaluated annotations (for the YAML validator)."""
+class LatentReplayStrategy(Naive):
+    """``avalanche.training.Naive`` whose first plugin is a latent-replay plugin (``self.latent_plugin``).
+
+    :param latent_plugin: the :class:`~streamcl.plugins.LatentReplayPlugin` (CRUMB, REMIND ...).
+    :param first_experience_epochs: epochs on the first experience (the papers train it longer:
+        10, then 1 pass); ``None`` keeps ``train_epochs`` throughout. ``streamcl run`` leaves it
+        ``None`` and sets ``train_epochs`` per experience from the YAML's
+        ``first_experience_epochs`` itself.
+    :param plugins: further plugins (EWC, MAS, LwF, metrics ...), after ``latent_plugin``.
+    :param kwargs: the other keyword arguments of ``avalanche.training.Naive``.
+    """
+
+    def __init__(
+        self,
+        latent_plugin: LatentReplayPlugin,
+        *,
+        first_experience_epochs: Optional[int] = None,
+        plugins: Optional[Sequence[Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        if first_experience_epochs is not None and int(first_experience_epochs) < 1:
+            raise ConfigError(f"first_experience_epochs must be >= 1 (or null), got {first_experience_epochs}",
+                              key="first_experience_epochs")
+        super().__init__(plugins=[latent_plugin, *(plugins or [])], **kwargs)
+        self.latent_plugin = latent_plugin
+        self.first_experience_epochs = None if first_experience_epochs is None else int(first_experience_epochs)
+        self.later_experience_epochs = int(self.train_epochs)
+
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        """Set ``train_epochs`` for this experience when ``first_experience_epochs`` is given."""
+        if self.first_experience_epochs is not None:
+            first = self.first_experience_epochs if _is_first_experience(self) else self.later_experience_epochs
+            self.train_epochs = first
+        super()._before_training_exp(**kwargs)
+
+
+def _is_first_experience(strategy: Any) -> bool:
+    """True while training the stream's first experience (each mini-experience of it in online streams)."""
+    exp = strategy.experience
     try:
-        hints = typing.get_type_hints(func)
-    except Exception:  # unresolved forward references: keep the raw annotations
-        hints = {}
-    out = []
-    for p in inspect.signature(func).parameters.values():
-        if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        ann = hints.get(p.name, p.annotation)
-        out.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann))
-    return out
+        exp = getattr(exp, "origin_experience", None) or exp
+        index = exp.current_experience
+    except Exception:  # attributes masked (no access to task boundaries)
+        return strategy.clock.train_exp_counter == 0
+    return int(index) == 0
 
 
 def latent_replay_strategy(name: str, plugin_cls: Type[LatentReplayPlugin], doc: str) -> type:
-    """Build a ``Naive`` subclass whose constructor also takes ``plugin_cls``'s keyword arguments."""
-    naive_params = [p for p in _resolved_params(Naive.__init__) if p.name in _NAIVE_KEYS]
-    naive_names = {p.name for p in naive_params}
-    plugin_params = [p for p in _resolved_params(plugin_cls.__init__) if p.name not in naive_names]
-    plugin_names = tuple(p.name for p in plugin_params)
+    """A :class:`LatentReplayStrategy` subclass whose constructor also takes ``plugin_cls``'s keyword arguments.
 
-    def __init__(self, **kwargs: Any) -> None:
-        plugin_kwargs: Dict[str, Any] = {k: kwargs.pop(k) for k in plugin_names if k in kwargs}
-        plugin = plugin_cls(**plugin_kwargs)
-        plugins = [plugin] + list(kwargs.pop("plugins", None) or [])
-        self.latent_plugin = plugin
-        Naive.__init__(self, plugins=plugins, **kwargs)
+    For a plugin of your own; :class:`~streamcl.strategies.CRUMB` and
+    :class:`~streamcl.strategies.REMIND` are written out with their full signatures instead.
+    """
+    import inspect
 
-    sig = inspect.Signature(
-        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + naive_params + plugin_params
-    )
-    __init__.__signature__ = sig  # type: ignore[attr-defined]
-    __init__.__annotations__ = {p.name: p.annotation for p in sig.parameters.values() if p.name != "self"}
+    plugin_params = [n for n, p in inspect.signature(plugin_cls).parameters.items()
+                     if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def __init__(self: Any, **kwargs: Any) -> None:
+        plugin_kwargs: Dict[str, Any] = {k: kwargs.pop(k) for k in plugin_params if k in kwargs}
+        LatentReplayStrategy.__init__(self, plugin_cls(**plugin_kwargs), **kwargs)
+
     __init__.__doc__ = doc
-    cls = type(name, (Naive,), {"__init__": __init__, "__doc__": doc, "__module__": __name__, "plugin_class": plugin_cls})
-    cls.__qualname__ = name
-    return cls
+    return type(name, (LatentReplayStrategy,), {"__init__": __init__, "__doc__": doc, "plugin_class": plugin_cls})
 
 
-CRUMB = register_strategy("crumb")(
-    latent_replay_strategy(
-        "CRUMB",
-        CRUMBPlugin,
-        """CRUMB strategy: Naive fine-tuning of a SplitNet's head + CRUMBPlugin (compressed latent replay).
+def __getattr__(name: str) -> Any:
+    # CRUMB and REMIND lived here before they got modules of their own: keep the old import path working.
+    if name in ("CRUMB", "REMIND"):
+        import importlib
 
-        Keyword arguments: those of ``avalanche.training.Naive`` and of
-        :class:`streamcl.plugins.CRUMBPlugin` (memory, n_blocks, block_dim, init, ...).
-        Paper schedule: train_mb_size 21 (video datasets) or 128, SGD lr 1e-3, 10 epochs
-        on the first experience then 1.
-        """,
-    )
-)
-
-REMIND = register_strategy("remind")(
-    latent_replay_strategy(
-        "REMIND",
-        REMINDPlugin,
-        """REMIND strategy: Naive training of a SplitNet's head + REMINDPlugin (PQ latent replay).
-
-        Keyword arguments: those of ``avalanche.training.Naive`` and of
-        :class:`streamcl.plugins.REMINDPlugin`. REMIND streams one example per
-        step in the paper: use ``train_mb_size=1`` for that setting.
-        """,
-    )
-)
+        return getattr(importlib.import_module(f"streamcl.strategies.{name.lower()}"), name)
+    raise AttributeError(f"module 'streamcl.strategies.latent' has no attribute {name!r}")

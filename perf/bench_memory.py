@@ -4,8 +4,8 @@ Runs one method on synthetic Toybox class-instance streams of 2, 4 and 6 experie
 classes), each in a fresh process, and prints the process's peak RSS together with the bytes
 the replay buffer holds. A method whose memory grows with the stream shows it here.
 
-    python benchmarks/bench_memory.py --method crumb
-    python benchmarks/bench_memory.py --method remind --classes 4 8 12
+    python perf/bench_memory.py --method crumb
+    python perf/bench_memory.py --method remind --classes 4 8 12
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Images are written to a temporary folder in a real dataset's format: ``png224``
 (Toybox frames, the default), ``png128`` (CORe50), ``jpg256`` (iLab) or
 ``jpg640x480`` (iCubWorld)::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_loading.py             # Toybox-like
-    python benchmarks/bench_loading.py --format jpg640x480 --images 512
+    OMP_NUM_THREADS=1 python perf/bench_loading.py             # Toybox-like
+    python perf/bench_loading.py --format jpg640x480 --images 512
 """
 
 from __future__ import annotations

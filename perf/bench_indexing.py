@@ -1,6 +1,6 @@
 """Indexing speed of 1,000,000 iLab-2M-Light file names (target: < 60 s on one core).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_indexing.py [--n 1000000] [--repeat 3]
+    OMP_NUM_THREADS=1 python perf/bench_indexing.py [--n 1000000] [--repeat 3]
 
 Generates realistic names (sparse instance/background numbers, short backgrounds,
 the ``semi`` class) with ``streamcl.benchmarks.synthetic.full_size_names``, shuffles

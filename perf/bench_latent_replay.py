@@ -19,8 +19,8 @@ REMIND batched >= 5x REMIND per-sample throughput.
 
 ::
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_latent_replay.py               # ~3 min on 2 cores
-    python benchmarks/bench_latent_replay.py --image-size 112 --n-images 42  # quick look
+    OMP_NUM_THREADS=2 python perf/bench_latent_replay.py               # ~3 min on 2 cores
+    python perf/bench_latent_replay.py --image-size 112 --n-images 42  # quick look
 """
 
 from __future__ import annotations

@@ -1,0 +1,174 @@
+"""The experiment: a composed document validated into cells (the grid) and run ids.
+
+:func:`load_experiment` is the whole pipeline: read the file and its includes
+(:mod:`~streamcl.config.read`, :mod:`~streamcl.config.compose`), apply ``-o`` overrides,
+expand ``${VAR}``, then :func:`validate`: import the user's ``imports:``, check every
+key (:mod:`~streamcl.config.schema`) and expand ``benchmarks:`` x ``methods:`` into
+:class:`Cell` s, each with a plain-dict config that :mod:`streamcl.build` turns into
+Avalanche objects.
+
+A cell config holds ``name, benchmark, model, strategy, plugins, evaluation, device,
+num_workers`` always, and ``seed``, ``class_order_seed``, ``imports`` only when the file
+sets them (so that the digests of existing runs do not change); see
+:func:`~streamcl.config.schema.check_seeds` and :func:`~streamcl.config.schema.check_device`.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from streamcl.config.compose import Origins, apply_override, deep_merge, expand_env, load_document
+from streamcl.config.schema import (
+    MAX_CELLS,
+    METHOD_KEYS,
+    TOP_KEYS,
+    Checker,
+    check_device,
+    check_evaluation,
+    check_imports,
+    check_label,
+    check_plugins,
+    check_runs,
+    check_seeds,
+    check_strategy,
+)
+from streamcl.config.text import KeyPath
+from streamcl.registry import BENCHMARKS, MODELS
+
+
+@dataclass
+class Cell:
+    """One (benchmark, method) combination of an experiment; run once per run id."""
+
+    name: str
+    config: Dict[str, Any]
+
+
+@dataclass
+class Experiment:
+    """A validated experiment file: its cells (grid) and run ids."""
+
+    name: str
+    file: Path
+    runs: List[int]
+    cells: List[Cell]
+    output_dir: Path
+    pretrain: Optional[Dict[str, Any]] = None
+    threads: Optional[int] = None  # torch intra-op threads per run; None: the available cores
+
+    @property
+    def root(self) -> Path:
+        """``<output_dir>/<name>``: where the runs and summary tables go."""
+        return self.output_dir / self.name
+
+
+def _method_label(cfg: Dict[str, Any]) -> str:
+    """``naive+crumb``: a cell's default name (a ``package.module:Name`` contributes ``Name``)."""
+    parts = [cfg["strategy"]["name"]] + [p["name"] for p in cfg["plugins"]]
+    return "+".join(p.rpartition(":")[2] for p in parts)
+
+
+def validate(doc: Dict[str, Any], origins: Origins, file: Path) -> Experiment:
+    """Check a merged document and expand its grid into cells."""
+    from streamcl.registry import load_all
+
+    load_all()
+    home = file.resolve().parent if file.is_file() else None
+    c = Checker(origins, home)
+    doc = dict(c.mapping((), doc))
+    c.keys((), doc, TOP_KEYS, required=("name", "model", "strategy"))
+    imports = check_imports(c, doc.get("imports"))  # first: what they register is checked below
+    name = check_label(c, ("name",), doc["name"])
+    if "benchmark" in doc and "benchmarks" in doc:
+        c.fail(("benchmarks",), "give either 'benchmark' (one) or 'benchmarks' (a grid axis), not both")
+    if "benchmark" not in doc and "benchmarks" not in doc:
+        c.fail((), "missing required key 'benchmark' (or 'benchmarks' for a grid)")
+    runs = check_runs(c, doc.get("runs", [0]))
+    seeds = check_seeds(c, doc, runs)
+    device = check_device(c, doc.get("device", "cpu"))
+    num_workers = c.typed(("num_workers",), doc.get("num_workers", 0), int)
+    if num_workers < 0:
+        c.fail(("num_workers",), f"must be >= 0 (data-loading worker processes; 0 loads in the main one), "
+                                 f"got {num_workers}")
+    output_dir = c.typed(("output_dir",), doc.get("output_dir", "runs"), str)
+    threads = c.typed(("threads",), doc.get("threads"), Optional[int])
+    if threads is not None and not 1 <= threads <= 1024:
+        c.fail(("threads",), f"must be between 1 and 1024 (torch intra-op threads per run), got {threads}; "
+                             "leave it out to use the cores available")
+    c.typed(("description",), doc.get("description", ""), str)
+
+    if "benchmarks" in doc:
+        bench_axis = c.mapping(("benchmarks",), doc["benchmarks"])
+        if not bench_axis:
+            c.fail(("benchmarks",), "must name at least one benchmark")
+        benches = {}
+        for label, b in bench_axis.items():
+            check_label(c, ("benchmarks", label), label)
+            benches[label] = c.component(("benchmarks", label), b, BENCHMARKS)
+    else:
+        benches = {None: c.component(("benchmark",), doc["benchmark"], BENCHMARKS)}
+
+    methods_raw = c.mapping(("methods",), doc["methods"]) if "methods" in doc else {None: {}}
+    if not methods_raw:
+        c.fail(("methods",), "must name at least one method")
+    base = {k: doc[k] for k in ("model", "strategy", "plugins") if k in doc}
+    evaluation = check_evaluation(c, ("evaluation",), doc.get("evaluation"))
+    if len(methods_raw) * len(benches) > MAX_CELLS:
+        c.fail(("methods",), f"the grid has {len(methods_raw) * len(benches)} cells (benchmarks x methods); "
+                             f"at most {MAX_CELLS} (streamcl's limit): split it into several files")
+
+    cells: List[Cell] = []
+    for m_label, override in methods_raw.items():
+        mpath: KeyPath = ("methods", m_label)
+        if m_label is not None:
+            check_label(c, mpath, m_label)
+            override = c.mapping(mpath, override or {})
+            c.keys(mpath, override, METHOD_KEYS)
+        merged = deep_merge(base, {k: v for k, v in override.items() if k != "description"})
+        mc = Checker(origins.rebased(mpath) if m_label is not None else origins, home)
+        model = mc.component(("model",), merged["model"], MODELS)
+        strategy = check_strategy(mc, ("strategy",), merged["strategy"])
+        plugins = check_plugins(mc, ("plugins",), merged.get("plugins"))
+        for b_label, bench in benches.items():
+            cfg = {
+                "name": name,
+                "benchmark": bench,
+                "model": model,
+                "strategy": strategy,
+                "plugins": plugins,
+                "evaluation": evaluation,
+                "device": device,
+                "num_workers": num_workers,
+                **seeds,
+            }
+            if imports:
+                cfg["imports"] = list(imports)
+            label = m_label or _method_label(cfg)
+            cell_name = f"{b_label}-{label}" if b_label else label
+            cells.append(Cell(cell_name, copy.deepcopy(cfg)))
+    names = [cell.name for cell in cells]
+    dup = {n for n, k in collections.Counter(names).items() if k > 1}
+    if dup:
+        c.fail(("methods",), f"two grid cells share the name {sorted(dup)}; give the methods distinct labels")
+
+    exp = Experiment(name=name, file=file, runs=runs, cells=cells, output_dir=Path(output_dir), threads=threads)
+    if doc.get("pretrain") is not None:
+        from streamcl.config.pretrain import attach_pretrained, check_pretrain
+
+        exp.pretrain = check_pretrain(c, ("pretrain",), doc["pretrain"])
+        attach_pretrained(exp)
+    return exp
+
+
+def load_experiment(path: Union[str, Path], overrides: Sequence[str] = ()) -> Experiment:
+    """Read, merge, override and validate an experiment file (raises ConfigError on any problem)."""
+    path = Path(path)
+    doc, origins = load_document(path)
+    for item in overrides:
+        apply_override(doc, origins, item)
+    doc = expand_env(doc, origins)
+    return validate(doc, origins, path)

@@ -1,0 +1,98 @@
+"""The ``pretrain:`` section of an experiment: its keys, checks, and how cells take its output.
+
+Config-time only (the pretraining itself runs in :mod:`streamcl.pretrain`, above the config).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from streamcl.config.schema import check_optimizer
+from streamcl.registry import BENCHMARKS, MODELS, PLUGINS
+from streamcl.utils import config_digest
+
+PRETRAIN_KEYS: Dict[str, Any] = {
+    "benchmark": dict,
+    "model": Optional[dict],
+    "plugin": Optional[dict],
+    "epochs": int,
+    "mb_size": int,
+    "lr": float,
+    "momentum": float,
+    "weight_decay": float,
+    "direct_loss": bool,
+    "train_trunk": bool,
+    "max_steps": Optional[int],
+}
+DEFAULTS = {"epochs": 10, "mb_size": 128, "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "direct_loss": True,
+            "train_trunk": False, "max_steps": None}
+
+
+def check_pretrain(c, path, value) -> Dict[str, Any]:
+    """Validate a ``pretrain:`` section (``c`` is the config checker, which names file and key on error)."""
+    value = dict(c.mapping(path, value))
+    c.keys(path, value, list(PRETRAIN_KEYS), required=("benchmark",))
+    out: Dict[str, Any] = {}
+    for k, tp in PRETRAIN_KEYS.items():
+        if k in ("benchmark", "model", "plugin"):
+            continue
+        out[k] = c.typed(path + (k,), value.get(k, DEFAULTS[k]), tp)  # (typed: floats are finite)
+    for k in ("epochs", "mb_size", "max_steps"):
+        if out[k] is not None and out[k] < 1:
+            c.fail(path + (k,), f"must be >= 1, got {out[k]}")
+    # The pretraining optimiser is SGD (CRUMBPlugin.pretrain): let torch check lr, momentum, weight decay.
+    check_optimizer(c, path, {"name": "sgd", "lr": out["lr"], "momentum": out["momentum"],
+                              "weight_decay": out["weight_decay"]})
+    out["benchmark"] = c.component(path + ("benchmark",), value["benchmark"], BENCHMARKS)
+    if value.get("model") is not None:
+        out["model"] = c.component(path + ("model",), value["model"], MODELS)
+    plugin = c.component(path + ("plugin",), value.get("plugin") or {"name": "crumb"}, PLUGINS)
+    if plugin["name"] != "crumb":
+        c.fail(path + ("plugin", "name"), f"only 'crumb' has an offline pretraining phase, got '{plugin['name']}'")
+    out["plugin"] = plugin
+    out["model"] = out.get("model")
+    return out
+
+
+def pretrained_path(exp) -> Path:
+    return exp.root / "pretrain" / "crumb.pt"
+
+
+def attach_pretrained(exp) -> None:
+    """Point each cell's model ``weights`` and ``crumb.pretrained`` at the pretraining output (if unset).
+
+    The pretraining model defaults to the first cell's model, taken before this change. A
+    cell that takes anything from the pretraining also records the pretraining's digest
+    (``pretrained: {file, digest}``), so its config, and thus its checkpoints and finished
+    runs, change when the ``pretrain:`` section does: the runner then refuses the stale
+    results instead of reporting them as finished.
+    """
+    assert exp.pretrain is not None
+    if exp.pretrain.get("model") is None:
+        exp.pretrain["model"] = copy.deepcopy(exp.cells[0].config["model"])
+    target = str(pretrained_path(exp))
+    digest = _digest(exp.pretrain, exp.pretrain["model"])
+    for cell in exp.cells:
+        cfg = cell.config
+        used = False
+        if MODELS.get(cfg["model"]["name"]).wants("weights") and cfg["model"].get("weights") is None:
+            cfg["model"]["weights"] = target
+            used = True
+        for p in cfg["plugins"]:  # (the raw-features ablation has no codebook to take)
+            if p["name"] == "crumb" and p.get("pretrained") is None and p.get("storage") != "raw_features":
+                p["pretrained"] = target
+                used = True
+        if cfg["strategy"]["name"] == "crumb" and cfg["strategy"].get("pretrained") is None:
+            cfg["strategy"]["pretrained"] = target
+            used = True
+        if used:
+            cfg["pretrained"] = {"file": target, "digest": digest}
+
+
+def _digest(cfg: Dict[str, Any], model_cfg: Dict[str, Any]) -> str:
+    return config_digest({"pretrain": cfg, "model": model_cfg})
+
+
+__all__ = ["PRETRAIN_KEYS", "DEFAULTS", "check_pretrain", "attach_pretrained", "pretrained_path"]

@@ -1,0 +1,150 @@
+"""CRUMB as a strategy: ``avalanche.training.Naive`` with a :class:`~streamcl.plugins.CRUMBPlugin` first.
+
+``CRUMB(model=..., optimizer=..., train_mb_size=21, memory={"bytes": "2.26MB"})`` trains
+exactly as ``Naive(model=..., optimizer=..., train_mb_size=21,
+plugins=[CRUMBPlugin(memory=...)])``: CRUMB needs no loop of its own (its replay step runs
+in the plugin's ``after_update``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Literal, Optional, Sequence, Union
+
+import torch
+from avalanche.training.plugins.evaluation import EvaluationPlugin, default_evaluator
+from torch import Tensor, nn
+
+from streamcl.plugins.crumb import CRUMBPlugin
+from streamcl.plugins.latent_replay import parse_memory
+from streamcl.registry import register_strategy
+from streamcl.strategies.latent import LatentReplayStrategy
+
+__all__ = ["CRUMB"]
+
+
+@register_strategy("crumb")
+class CRUMB(LatentReplayStrategy):
+    """CRUMB strategy: Naive fine-tuning of the layers after the cut + CRUMBPlugin (compressed latent replay).
+
+    The keyword arguments of ``avalanche.training.Naive``, ``first_experience_epochs``, and
+    those of :class:`streamcl.plugins.CRUMBPlugin` (documented there in full). The plugin is
+    ``self.latent_plugin``, first in ``self.plugins``. Paper schedule: ``train_mb_size`` 21
+    on video datasets (128 on CIFAR-100 / ImageNet), SGD lr 1e-3 momentum 0.9 weight decay
+    1e-4, ``first_experience_epochs=10`` then ``train_epochs=1``.
+
+    :param model: a :class:`~streamcl.models.SplitNet`, or any ``nn.Module`` with ``latent_layer``.
+    :param optimizer: the optimiser of the model's parameters (what lies before the cut never gets a gradient).
+    :param criterion: loss of new and replayed items (``None``: cross-entropy).
+    :param train_mb_size: new items per training step.
+    :param train_epochs: epochs per experience (after the first when ``first_experience_epochs`` is set).
+    :param eval_mb_size: evaluation batch size (default ``train_mb_size``).
+    :param device: where the model trains (the code buffer stays on ``buffer_device``).
+    :param plugins: further plugins (EWC, MAS, LwF ...), after the CRUMB plugin.
+    :param evaluator: Avalanche's ``EvaluationPlugin`` (or a factory of one).
+    :param eval_every: evaluate every this many epochs during training (-1: never).
+    :param first_experience_epochs: epochs on the first experience (``None``: ``train_epochs``).
+    :param latent_layer: the layer to cut a model that is not a SplitNet at (``"layer4.0"``, ``"features.11"``).
+    :param memory: replay budget: items (``417``), ``{"items": 417}`` or ``{"bytes": "2.26MB"}``.
+    :param n_blocks: codebook rows (256).
+    :param block_dim: codebook row length, must divide the channels at the cut (16).
+    :param init: codebook initialisation (``distmatch_sparse``).
+    :param init_std: std of the distmatch init (default: the paper's preset or measured).
+    :param init_sparsity: zeroed fraction of the sparse distmatch init (same default rule).
+    :param freeze_memory: ablation: the codebook never changes.
+    :param direct_loss_only: ablation: new data trains on ``head(f)`` instead of the reconstruction.
+    :param plus_direct_loss: ablation: add ``CE(head(f))`` to the reconstructed-path loss.
+    :param no_replay: ablation: no replay step, nothing stored.
+    :param storage: ``codes`` (CRUMB) or ``raw_features`` (uncompressed float16 maps, ablation).
+    :param replay_weight: weight of the replay loss (5).
+    :param clamp: element-wise gradient clamp (10; null disables it).
+    :param mask_eval_logits: predict among seen classes only at evaluation.
+    :param eval_path: ``direct`` (the paper) or ``reconstructed``.
+    :param store: which codes fill the buffer: ``last_pass``, ``experience`` or ``stream``.
+    :param augment: random resized crops of replayed feature maps.
+    :param crop_scale_min: smallest crop area fraction when ``augment``.
+    :param pretrained: a file written by ``CRUMBPlugin.save_pretrained`` (its codebook).
+    :param buffer_device: where the code buffer lives.
+    :param seed: seed of codebook init, replay draws and buffer truncation.
+    :param base_kwargs: other keyword arguments of Avalanche's templates (e.g. ``peval_mode``).
+    """
+
+    # The YAML validator calls these on the raw values, so a bad budget fails at load time.
+    config_checks = {"memory": parse_memory}
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Optional[Union[nn.Module, Callable[[Tensor, Tensor], Tensor]]] = None,
+        train_mb_size: int = 1,
+        train_epochs: int = 1,
+        eval_mb_size: Optional[int] = None,
+        device: Union[str, torch.device] = "cpu",
+        plugins: Optional[Sequence[Any]] = None,
+        evaluator: Union[EvaluationPlugin, Callable[[], EvaluationPlugin]] = default_evaluator,
+        eval_every: int = -1,
+        first_experience_epochs: Optional[int] = None,
+        latent_layer: Optional[str] = None,
+        memory: Union[int, str, Dict[str, Any]] = 417,
+        n_blocks: int = 256,
+        block_dim: int = 16,
+        init: Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch"] = "distmatch_sparse",
+        init_std: Optional[float] = None,
+        init_sparsity: Optional[float] = None,
+        freeze_memory: bool = False,
+        direct_loss_only: bool = False,
+        plus_direct_loss: bool = False,
+        no_replay: bool = False,
+        storage: Literal["codes", "raw_features"] = "codes",
+        replay_weight: float = 5.0,
+        clamp: Optional[float] = 10.0,
+        mask_eval_logits: bool = True,
+        eval_path: Literal["direct", "reconstructed"] = "direct",
+        store: Literal["last_pass", "experience", "stream"] = "last_pass",
+        augment: bool = False,
+        crop_scale_min: float = 4 / 13,
+        pretrained: Optional[str] = None,
+        buffer_device: str = "cpu",
+        seed: int = 0,
+        **base_kwargs: Any,
+    ) -> None:
+        plugin = CRUMBPlugin(
+            latent_layer=latent_layer,
+            memory=memory,
+            n_blocks=n_blocks,
+            block_dim=block_dim,
+            init=init,
+            init_std=init_std,
+            init_sparsity=init_sparsity,
+            freeze_memory=freeze_memory,
+            direct_loss_only=direct_loss_only,
+            plus_direct_loss=plus_direct_loss,
+            no_replay=no_replay,
+            storage=storage,
+            replay_weight=replay_weight,
+            clamp=clamp,
+            mask_eval_logits=mask_eval_logits,
+            eval_path=eval_path,
+            store=store,
+            augment=augment,
+            crop_scale_min=crop_scale_min,
+            pretrained=pretrained,
+            buffer_device=buffer_device,
+            seed=seed,
+        )
+        super().__init__(
+            plugin,
+            first_experience_epochs=first_experience_epochs,
+            model=model,
+            optimizer=optimizer,
+            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            **base_kwargs,
+        )

@@ -1,0 +1,238 @@
+"""Every command the README shows is run here (and every command run here is in the README).
+
+Commands are the lines of the README's ``bash`` code blocks, the ``$ ...`` lines of its
+plain code blocks and the commands named in prose that :data:`INLINE` lists. Each is run
+as written, in a scratch folder laid out like a clone (``/data/...`` paths point into it,
+and ``/path/to/`` weights are a random network saved there). The demo and the tutorial
+snippet take minutes: they are marked slow; CI runs the test command itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+# Commands the README names in prose (inline code) rather than in code blocks.
+INLINE = [
+    "tensorboard --logdir runs/demo",
+    "streamcl report runs/demo",
+    "streamcl run experiments/synthetic/paper_toybox.yaml",
+]
+
+DEMO = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[cpu]' && "
+        ".venv/bin/streamcl run experiments/demo.yaml")
+TESTS = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[cpu,test]' && "
+         ".venv/bin/python -m pytest -q")
+ERROR_EXAMPLE = "streamcl run experiments/demo.yaml -o strategy.train_mb_sise=8"
+
+
+def code_blocks() -> list:
+    """(language, text) of every fenced block (indented ones inside list items too, dedented)."""
+    import textwrap
+
+    return [(lang, textwrap.dedent(body))
+            for lang, body in re.findall(r"^ *```(\w*)\n(.*?)^ *```", README, flags=re.S | re.M)]
+
+
+def readme_commands() -> list:
+    cmds = []
+    for lang, body in code_blocks():
+        for line in body.splitlines():
+            if lang == "bash" and line.strip() and not line.lstrip().startswith("#"):
+                cmds.append(re.sub(r"\s+#.*$", "", line).strip())
+            elif lang == "" and line.startswith("$ "):
+                cmds.append(line[2:].strip())
+    prose = re.sub(r"\s+", " ", README)  # inline code may wrap across lines
+    return cmds + [c for c in INLINE if f"`{c}`" in prose]
+
+
+def streamcl_cmd(cmd: str) -> list:
+    args = shlex.split(cmd)
+    assert args[0] == "streamcl"
+    return [sys.executable, "-m", "streamcl", *args[1:]]
+
+
+def env(tmp: Path) -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1", HOME=str(tmp / "home"), STREAMCL_DATA=str(tmp / "cache"))
+    e.pop("STREAMCL_FAILPOINT", None)
+    return e
+
+
+def clone(tmp: Path) -> Path:
+    """A scratch folder with the repository's experiments and example files (commands run from it)."""
+    work = tmp / "clone"
+    shutil.copytree(ROOT / "experiments", work / "experiments")
+    shutil.copytree(ROOT / "tests" / "custom_example", work / "tests" / "custom_example")
+    return work
+
+
+def run(cmd: str, cwd: Path, tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(streamcl_cmd(cmd), cwd=cwd, env=env(tmp), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# -- the list itself ---------------------------------------------------------------------------------
+
+TESTED = {
+    DEMO: "test_demo_command",
+    TESTS: "CI (.ci/run runs it)",
+    ERROR_EXAMPLE: "test_error_example_prints_what_the_readme_shows",
+    "streamcl run experiments/demo.yaml --dry-run -o runs=[0] -o methods.crumb.plugins[0].memory=417":
+        "test_fast_commands",
+    "streamcl run tests/custom_example/custom.yaml": "test_fast_commands",
+    "streamcl prepare toybox /data/toybox_raw --out /data/toybox": "test_prepare_commands",
+    "streamcl prepare ilab2mlight /data/ilab --out /data/ilab_index": "test_prepare_commands",
+    "streamcl prepare core50 /data/core50 --out /data/core50_index": "test_prepare_commands",
+    "streamcl prepare icubworld /data/icub --out /data/icub_index": "test_prepare_commands",
+    "tensorboard --logdir runs/demo": "test_tensorboard_and_report",
+    "streamcl report runs/demo": "test_tensorboard_and_report",
+    "streamcl run experiments/synthetic/paper_toybox.yaml": "test_paper_toybox_command",
+}
+
+
+def test_every_readme_command_is_tested():
+    shown = readme_commands()
+    assert shown[:2] == [DEMO, TESTS], "the README must start with the two commands"
+    assert sorted(set(shown)) == sorted(TESTED), "README commands and tested commands differ"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "n==2" in ci  # .ci/run extracts the second bash block: the test command above
+
+
+# -- the commands --------------------------------------------------------------------------------------
+
+
+def test_error_example_prints_what_the_readme_shows(tmp_path):
+    shown = next(b for lang, b in code_blocks() if lang == "" and f"$ {ERROR_EXAMPLE}" in b)
+    expected = shown.split(f"$ {ERROR_EXAMPLE}\n", 1)[1].strip()
+    proc = run(ERROR_EXAMPLE, ROOT, tmp_path, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == expected
+
+
+@pytest.mark.parametrize("cmd", [c for c, how in TESTED.items() if how == "test_fast_commands"])
+def test_fast_commands(tmp_path, cmd):
+    work = clone(tmp_path)
+    proc = run(cmd, work, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_prepare_commands(tmp_path):
+    from streamcl.benchmarks import synthetic
+
+    work = clone(tmp_path)
+    data = tmp_path / "data"
+    raw = {"toybox": "toybox_raw", "ilab2mlight": "ilab", "core50": "core50", "icubworld": "icub"}
+    for name, folder in raw.items():
+        synthetic.generate(name, data / folder, n_classes=2, n_objects=1, image_size=32)
+    for cmd, how in TESTED.items():
+        if how != "test_prepare_commands":
+            continue
+        proc = run(cmd.replace("/data/", f"{data}/"), work, tmp_path)
+        assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+        out = Path(shlex.split(cmd)[-1].replace("/data/", f"{data}/"))
+        assert (out / "dirmap.csv").exists(), cmd
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory):
+    """``runs/demo`` of a small demo-shaped experiment (one run, two methods), for report and TensorBoard."""
+    tmp = tmp_path_factory.mktemp("demo")
+    work = clone(tmp)
+    proc = run("streamcl run experiments/demo.yaml -q -o runs=[0] -o threads=1 -o pretrain.epochs=1 "
+               "-o methods={naive: {}, crumb: {plugins: [{name: crumb, memory: 40, n_blocks: 32, block_dim: 8}]}}",
+               work, tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return work, tmp
+
+
+@pytest.mark.slow
+def test_tensorboard_and_report(finished_demo):
+    work, tmp = finished_demo
+    proc = run("streamcl report runs/demo", work, tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "runs" / "demo" / "report" / "accuracy_curve.png").stat().st_size > 0
+    # TensorBoard serves the demo's events (on loopback, an ephemeral port).
+    tb = shutil.which("tensorboard", path=str(Path(sys.executable).parent))
+    assert tb, "tensorboard is a dependency of streamcl"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([tb, "--logdir", "runs/demo", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=work, env=env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import json
+        import urllib.request
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as r:
+                    runs = json.loads(r.read())
+                if runs:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "TensorBoard did not list the demo's runs"
+            time.sleep(1)
+        assert any("crumb" in r for r in runs)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_demo_command(tmp_path):
+    """The first command's run part, from a clean clone's layout: the whole demo, as shipped."""
+    work = clone(tmp_path)
+    proc = run("streamcl run experiments/demo.yaml", work, tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (work / "runs" / "demo" / "summary.md").read_text()
+    for cell in ("naive", "ewc", "mas", "lwf", "replay", "crumb", "remind"):
+        assert f"| {cell} | 3 |" in table
+
+
+@pytest.mark.slow
+def test_paper_toybox_command(tmp_path):
+    work = clone(tmp_path)
+    proc = run("streamcl run experiments/synthetic/paper_toybox.yaml", work, tmp_path, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "crumb" in (work / "runs").rglob("summary.md").__next__().read_text()
+
+
+@pytest.mark.slow
+def test_python_snippet_runs(tmp_path):
+    """The "From Python" snippet, on a synthetic Toybox folder and random SqueezeNet weights."""
+    import torch
+    import torchvision
+
+    from streamcl.benchmarks import synthetic
+    from streamcl.benchmarks.prepare import prepare
+
+    (snippet,) = [b for lang, b in code_blocks() if lang == "python" and "CRUMBPlugin" in b]
+    raw = synthetic.generate("toybox", tmp_path / "raw", n_classes=12, n_objects=1, image_size=32)
+    prepared = prepare("toybox", raw, tmp_path / "toybox", progress=False, frame_size=32)
+    weights = tmp_path / "squeezenet1_0.pth"
+    torch.save(torchvision.models.squeezenet1_0().state_dict(), weights)
+    code = snippet.replace('"/data/toybox"', repr(str(prepared))).replace('"/path/to/squeezenet1_0.pth"',
+                                                                          repr(str(weights)))
+    assert code != snippet
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], env=env(tmp_path), capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
