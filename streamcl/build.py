@@ -70,7 +70,11 @@ def available_cores() -> int:
 
 
 def default_threads(parallel_workers: int = 1, loader_workers: int = 0) -> int:
-    """Intra-op threads for one run: the available cores, less data-loader processes, shared among workers."""
+    """Intra-op threads for one run: ``$OMP_NUM_THREADS`` when set, else the available cores less the
+    data-loader processes, shared among parallel workers."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, (available_cores() - loader_workers) // max(1, parallel_workers))
 
 

@@ -29,6 +29,10 @@ INLINE = [
     "tensorboard --logdir runs/demo",
     "streamcl report runs/demo",
     "streamcl run experiments/synthetic/paper_toybox.yaml",
+    "streamcl run experiments/demo.yaml -o runs=1",
+    "python tests/fault/test_config_fuzz.py 7",
+    "streamcl list",
+    "streamcl run experiments/demo.yaml",
 ]
 
 DEMO = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[cpu]' && "
@@ -99,6 +103,10 @@ TESTED = {
     "tensorboard --logdir runs/demo": "test_tensorboard_and_report",
     "streamcl report runs/demo": "test_tensorboard_and_report",
     "streamcl run experiments/synthetic/paper_toybox.yaml": "test_paper_toybox_command",
+    "streamcl run experiments/demo.yaml -o runs=1": "test_demo_one_run_command",
+    "python tests/fault/test_config_fuzz.py 7": "test_fuzz_replay_command",
+    "streamcl list": "test_fast_commands",
+    "streamcl run experiments/demo.yaml": "test_demo_command",
 }
 
 
@@ -204,6 +212,21 @@ def test_demo_command(tmp_path):
     table = (work / "runs" / "demo" / "summary.md").read_text()
     for cell in ("naive", "ewc", "mas", "lwf", "replay", "crumb", "remind"):
         assert f"| {cell} | 3 |" in table
+
+
+def test_fuzz_replay_command(tmp_path):
+    proc = subprocess.run([sys.executable, "tests/fault/test_config_fuzz.py", "7"], cwd=ROOT, env=env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "streamcl run" in proc.stdout and "--dry-run" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_one_run_command(tmp_path):
+    work = clone(tmp_path)
+    proc = run("streamcl run experiments/demo.yaml -o runs=1", work, tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| remind | 1 |" in (work / "runs" / "demo" / "summary.md").read_text()
 
 
 @pytest.mark.slow
