@@ -389,6 +389,20 @@ def _discard_unstarted(cell_dir: Path, run_dir: Path) -> None:
         shutil.rmtree(cell_dir, ignore_errors=True)
 
 
+def _lock(root: Path, name: str):
+    """A process-safe lock for one unit of work (``<root>/.locks/<name>.lock``).
+
+    filelock's OS locks are released when their process dies (kill -9 included), so a
+    crashed worker never leaves a unit locked. On network filesystems without POSIX
+    locks, run each unit from one worker only.
+    """
+    from filelock import FileLock
+
+    folder = root / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{name}.lock"))
+
+
 def run_experiment(
     exp: Experiment,
     *,
@@ -400,38 +414,108 @@ def run_experiment(
 ) -> Path:
     """Run every cell x run of ``exp`` (skipping finished runs), then write the summary tables.
 
+    Each (cell, run) is one unit of work, keyed by its folder and guarded by a lock: any
+    number of ``streamcl run`` processes on the same file share the work, each unit runs
+    once, and each process waits for the units others hold before writing the summary.
     ``threads``: torch intra-op threads per run (default: the experiment's ``threads:``,
-    else the cores available to this process less its data-loader workers).
+    else ``$OMP_NUM_THREADS``, else the cores available less the data-loader workers).
     """
+
     from streamcl.report import write_summary
 
     root = exp.root
     if threads is None:
         threads = getattr(exp, "threads", None) or default_threads(
             loader_workers=max((c.config["num_workers"] for c in exp.cells), default=0))
-    if exp.pretrain is not None:
-        from streamcl.pretrain import run_pretrain
+    def run_unit(cell: Cell, run: int) -> None:
+        cell_dir = root / cell.name
+        run_dir = cell_dir / f"run{run}"
+        if _finished(run_dir, cell.config):
+            if progress:
+                print(f"[{cell.name} run{run}] already finished; skipping", flush=True)
+            return
+        if (run_dir / "checkpoint.pt").exists() and progress:
+            print(f"[{cell.name} run{run}] resuming from {run_dir / 'checkpoint.pt'}", flush=True)
+        try:
+            Run(cell, run, run_dir, progress=progress, verbose=verbose, threads=threads).execute(
+                stop_after=stop_after)
+        except StreamclError:
+            _discard_unstarted(cell_dir, run_dir)
+            raise
 
-        set_threads(threads)
-        run_pretrain(exp, restart=restart, progress=progress)
+    try:
+        if exp.pretrain is not None:
+            from streamcl.pretrain import run_pretrain
+
+            set_threads(threads)
+            with _lock(root, "pretrain"):  # one process pretrains, the others then reuse its file
+                run_pretrain(exp, restart=restart, progress=progress)
+        _run_units(exp, restart, progress, run_unit)
+    except StreamclError:
+        _remove_lonely_locks(root)
+        raise
+    write_summary(root)
+    return root
+
+
+def _remove_lonely_locks(root: Path) -> None:
+    """After a user error, drop ``<root>/.locks`` when it is all the experiment folder holds (and nobody holds a lock).
+
+    So that a configuration error found while building leaves no output folder behind.
+    """
+    from filelock import FileLock, Timeout
+
+    if not root.is_dir() or any(p.name != ".locks" for p in root.iterdir()):
+        return
+    held = []
+    try:
+        for path in (root / ".locks").glob("*.lock"):
+            lock = FileLock(str(path))
+            lock.acquire(timeout=0)
+            held.append(lock)
+        shutil.rmtree(root)
+    except Timeout:
+        return  # another process is working here: leave its locks alone
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _run_units(exp: Experiment, restart: bool, progress: bool, run_unit) -> None:
+    """Every unit of ``exp`` this process can lock, then (waiting) those other processes held."""
+    from filelock import Timeout
+
+    root = exp.root
+    busy: List[Tuple[Cell, int]] = []
     for cell in exp.cells:
         cell_dir = root / cell.name
         if restart and cell_dir.exists():
-            shutil.rmtree(cell_dir)
+            locks = [_lock(root, f"{cell.name}-run{run}") for run in exp.runs]
+            try:
+                for lock in locks:
+                    lock.acquire(timeout=0)
+                shutil.rmtree(cell_dir)
+            except Timeout:
+                raise StreamclError(f"{cell_dir}: another streamcl process is running this cell; stop it "
+                                    "before --restart") from None
+            finally:
+                for lock in locks:
+                    lock.release()
         _check_cell_config(cell_dir, cell.config)
         for run in exp.runs:
-            run_dir = cell_dir / f"run{run}"
-            if _finished(run_dir, cell.config):
-                if progress:
-                    print(f"[{cell.name} run{run}] already finished; skipping", flush=True)
-                continue
-            if (run_dir / "checkpoint.pt").exists() and progress:
-                print(f"[{cell.name} run{run}] resuming from {run_dir / 'checkpoint.pt'}", flush=True)
+            lock = _lock(root, f"{cell.name}-run{run}")
             try:
-                Run(cell, run, run_dir, progress=progress, verbose=verbose, threads=threads).execute(
-                    stop_after=stop_after)
-            except StreamclError:
-                _discard_unstarted(cell_dir, run_dir)
-                raise
-    write_summary(root)
-    return root
+                lock.acquire(timeout=0)
+            except Timeout:
+                if progress:
+                    print(f"[{cell.name} run{run}] another process is running it; waiting for it at the end",
+                          flush=True)
+                busy.append((cell, run))
+                continue
+            try:
+                run_unit(cell, run)
+            finally:
+                lock.release()
+    for cell, run in busy:  # blocks until the other process is done with it (or died: then it runs here)
+        with _lock(root, f"{cell.name}-run{run}"):
+            run_unit(cell, run)

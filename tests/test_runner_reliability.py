@@ -228,3 +228,57 @@ def test_threads_key_sets_torch_threads(tmp_path, synthetic_root):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+def test_two_processes_on_one_experiment_run_each_unit_once(tmp_path, synthetic_root):
+    """Two `streamcl run` started at once share the work through per-run locks."""
+    import os
+    import subprocess
+    import sys
+
+    path = tiny(tmp_path, synthetic_root, runs=[0, 1],
+                methods={"naive": {}, "replay": {"plugins": [{"name": "replay", "mem_size": 20}]}})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("STREAMCL_FAILPOINT", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "streamcl", "run", str(path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    trained = [line for out, _ in outs for line in out.splitlines() if "experience 1/" in line]
+    units = sorted(line.split("]")[0] for line in trained)
+    assert units == ["[naive run0", "[naive run1", "[replay run0", "[replay run1"]  # each unit once
+    root = tmp_path / "runs" / "tiny"
+    for cell in ("naive", "replay"):
+        for run in (0, 1):
+            rows = read_metrics(root / cell / f"run{run}" / "metrics.csv")
+            keys = [(r["experience"], r["metric"]) for r in rows]
+            assert len(keys) == len(set(keys)) and {e for e, _ in keys} == {0, 1}
+    table = (root / "summary.md").read_text()
+    assert "| naive | 2 |" in table and "| replay | 2 |" in table
+
+
+def test_a_unit_held_by_another_worker_is_waited_for_then_run(tmp_path, synthetic_root, capsys):
+    """A locked (cell, run) is skipped first, then waited for; if its holder finished nothing, it runs here."""
+    import threading
+
+    from streamcl.runner import _lock
+
+    path = tiny(tmp_path, synthetic_root, runs=[0, 1])
+    exp = load_experiment(path)
+    taken, done = threading.Event(), threading.Event()
+
+    def other_worker():  # holds run 0 for a while, then gives up without finishing it
+        with _lock(exp.root, "naive-run0"):
+            taken.set()
+            done.wait(3.0)
+
+    worker = threading.Thread(target=other_worker)
+    worker.start()
+    taken.wait(10)
+    run_experiment(exp, progress=True)
+    done.set()
+    worker.join()
+    out = capsys.readouterr().out
+    assert "[naive run0] another process is running it; waiting for it at the end" in out
+    assert out.index("[naive run1] experience 1/") < out.index("[naive run0] experience 1/")  # run 1 went first
+    assert (exp.root / "naive" / "run0" / "summary.json").exists()
