@@ -10,6 +10,7 @@ streams with the trunk frozen. An experiment states it once::
       epochs: 10
       mb_size: 128
       train_trunk: false   # true: also train the trunk (ImageNet-style pretraining on the base set)
+      cache_features: false  # true (frozen trunk only): run the trunk once, train every epoch on its features
 
 The runner trains once per experiment (``<output_dir>/<name>/pretrain/crumb.pt``,
 reused while its config is unchanged), and every cell whose model takes
@@ -70,7 +71,7 @@ def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
     losses = plugin.pretrain(
         model, data, epochs=cfg["epochs"], mb_size=cfg["mb_size"], lr=cfg["lr"], momentum=cfg["momentum"],
         weight_decay=cfg["weight_decay"], direct_loss=cfg["direct_loss"], train_trunk=cfg["train_trunk"],
-        device=device, max_steps=cfg["max_steps"],
+        device=device, max_steps=cfg["max_steps"], cache_features=cfg.get("cache_features", False),
     )
     plugin.save_pretrained(out, model.cpu())
     atomic_write_text(meta, json.dumps({"digest": digest, "final_loss": float(losses[-1]) if losses else None,

@@ -340,6 +340,34 @@ def test_pretrain_with_train_trunk_trains_then_refreezes_the_trunk():
         pretrain_crumb(model, MemoryBlockCodec(16, 4), data, epochs=1, direct_loss=False, train_trunk=True)
 
 
+def test_pretrain_on_cached_features_equals_pretrain_on_images():
+    """cache_features runs the frozen trunk once; the epochs then see the same batches, so nothing changes."""
+    from torch.utils.data import TensorDataset
+
+    class CountingTrunkData(TensorDataset):
+        reads = 0
+
+        def __getitem__(self, i):
+            CountingTrunkData.reads += 1
+            return super().__getitem__(i)
+
+    data = CountingTrunkData(torch.randn(12, 3, 16, 16), torch.randint(0, 4, (12,)))
+    runs = {}
+    for cached in (False, True):
+        torch.manual_seed(0)
+        model, codec = bn_model(), MemoryBlockCodec(16, 4, seed=0)
+        CountingTrunkData.reads = 0
+        losses = pretrain_crumb(model, codec, data, epochs=3, mb_size=4, seed=1, cache_features=cached)
+        runs[cached] = (losses, CountingTrunkData.reads, model.state_dict(), codec.memory.detach().clone())
+    (l0, reads0, m0, c0), (l1, reads1, m1, c1) = runs[False], runs[True]
+    assert reads0 == 3 * 12 and reads1 == 12  # images decoded once instead of once per epoch
+    assert l1 == pytest.approx(l0, rel=1e-5, abs=1e-6)
+    assert torch.allclose(c0, c1, atol=1e-5) and all(torch.allclose(m0[k].float(), m1[k].float(), atol=1e-5)
+                                                     for k in m0)
+    with pytest.raises(StreamclError, match="cache_features"):
+        pretrain_crumb(bn_model(), MemoryBlockCodec(16, 4), data, epochs=1, cache_features=True, train_trunk=True)
+
+
 def test_crumb_strategy_and_registry():
     from avalanche.training import Naive
 

@@ -282,3 +282,18 @@ def test_a_unit_held_by_another_worker_is_waited_for_then_run(tmp_path, syntheti
     assert "[naive run0] another process is running it; waiting for it at the end" in out
     assert out.index("[naive run1] experience 1/") < out.index("[naive run0] experience 1/")  # run 1 went first
     assert (exp.root / "naive" / "run0" / "summary.json").exists()
+
+
+def test_pretrain_cache_features_from_yaml(tmp_path, synthetic_root, capsys):
+    from streamcl.errors import ConfigError
+
+    pretrain = {"benchmark": {"name": "synthetic", "root": str(synthetic_root), "layout": "toybox", "n_classes": 4,
+                              "first_class": 4, "n_objects": 2, "image_size": 32, "protocol": "offline"},
+                "epochs": 2, "mb_size": 32, "cache_features": True}
+    path = tiny(tmp_path, synthetic_root, pretrain=pretrain,
+                plugins=[{"name": "crumb", "memory": 20, "n_blocks": 16, "block_dim": 8}])
+    assert cli(capsys, str(path))[0] == 0
+    meta = json.loads((tmp_path / "runs" / "tiny" / "pretrain" / "crumb.json").read_text())
+    assert meta["final_loss"] is not None
+    with pytest.raises(ConfigError, match="cache_features"):
+        load_experiment(path, ["pretrain.train_trunk=true"])

@@ -25,9 +25,10 @@ PRETRAIN_KEYS: Dict[str, Any] = {
     "direct_loss": bool,
     "train_trunk": bool,
     "max_steps": Optional[int],
+    "cache_features": bool,
 }
 DEFAULTS = {"epochs": 10, "mb_size": 128, "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "direct_loss": True,
-            "train_trunk": False, "max_steps": None}
+            "train_trunk": False, "max_steps": None, "cache_features": False}
 
 
 def check_pretrain(c, path, value) -> Dict[str, Any]:
@@ -39,6 +40,9 @@ def check_pretrain(c, path, value) -> Dict[str, Any]:
         if k in ("benchmark", "model", "plugin"):
             continue
         out[k] = c.typed(path + (k,), value.get(k, DEFAULTS[k]), tp)  # (typed: floats are finite)
+    if out["cache_features"] and out["train_trunk"]:
+        c.fail(path + ("cache_features",), "needs a frozen trunk: it runs the trunk once and reuses its "
+                                           "features, which train_trunk: true changes every step; drop one")
     for k in ("epochs", "mb_size", "max_steps"):
         if out[k] is not None and out[k] < 1:
             c.fail(path + (k,), f"must be >= 1, got {out[k]}")

@@ -71,6 +71,7 @@ def pretrain_crumb(
     seed: Optional[int] = None,
     max_steps: Optional[int] = None,
     latent_layer: Optional[str] = None,
+    cache_features: bool = False,
 ) -> List[float]:
     """Offline CRUMB pretraining of the head and the codebook (trunk frozen).
 
@@ -89,6 +90,10 @@ def pretrain_crumb(
     :param optimizer: optional optimiser over head + codebook parameters (default: SGD as above).
     :param max_steps: stop after this many mini-batches (smoke tests).
     :param latent_layer: the layer to cut a model that is not a SplitNet at (e.g. ``"layer4.0"``).
+    :param cache_features: run the frozen trunk over ``data`` once and train every epoch on those
+        feature maps, instead of decoding and encoding the images again each epoch (same batches,
+        same result; it holds every feature map in memory, and random image augmentations are
+        drawn once). Needs ``train_trunk=False`` and a dataset (not a ready ``DataLoader``).
     :return: mean loss of each epoch.
     """
     from torch.utils.data import DataLoader
@@ -99,9 +104,14 @@ def pretrain_crumb(
     device = torch.device(device)
     model.to(device)
     codec.to(device)
+    if cache_features and (train_trunk or isinstance(data, DataLoader)):
+        raise StreamclError("pretrain_crumb: cache_features needs a frozen trunk (train_trunk=False) and a dataset, "
+                            "not a DataLoader")
     if isinstance(data, DataLoader):
         loader = data
     else:
+        if cache_features:
+            data = _trunk_features(cut, data, mb_size, num_workers, device)
         g = torch.Generator()
         if seed is not None:
             g.manual_seed(int(seed))
@@ -115,22 +125,34 @@ def pretrain_crumb(
     model.train()
     try:
         return _pretrain_epochs(cut, codec, loader, opt, params, ce, epochs=epochs, direct_loss=direct_loss,
-                                clamp=clamp, device=device, max_steps=max_steps)
+                                clamp=clamp, device=device, max_steps=max_steps, features=cache_features)
     finally:
         if train_trunk and frozen:  # back to a frozen trunk (no gradients, eval-mode BatchNorm) for streaming
             cut.freeze()
 
 
+def _trunk_features(cut: ModelCut, data: Any, mb_size: int, num_workers: int, device: torch.device):
+    """``(trunk(x), y)`` of every item of ``data``, in order, as a CPU TensorDataset (one pass of the frozen trunk)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    feats, labels = [], []
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=mb_size, shuffle=False, num_workers=num_workers):
+            feats.append(cut.trunk(batch[0].to(device)).cpu())
+            labels.append(torch.as_tensor(batch[1]).long().cpu())
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
 def _pretrain_epochs(cut: ModelCut, codec, loader, opt, params, ce, *, epochs, direct_loss, clamp, device,
-                     max_steps):
-    """The epoch loop of :func:`pretrain_crumb`: mean loss of each epoch."""
+                     max_steps, features: bool = False):
+    """The epoch loop of :func:`pretrain_crumb`: mean loss of each epoch (``features``: batches hold trunk outputs)."""
     history: List[float] = []
     steps = 0
     for _ in range(int(epochs)):
         total, count = 0.0, 0
         for batch in loader:
             x, y = batch[0].to(device), batch[1].to(device).long()
-            f = cut.trunk(x)
+            f = x if features else cut.trunk(x)
             if not codec.is_fitted:
                 codec.fit(f)
             loss = ce(cut.head(codec.decode(codec.encode(f))), y)
@@ -411,6 +433,7 @@ class CRUMBPlugin(LatentReplayPlugin):
         train_trunk: bool = False,
         device: Union[str, torch.device, None] = None,
         max_steps: Optional[int] = None,
+        cache_features: bool = False,
     ) -> List[float]:
         """Pretrain head + this plugin's codebook offline (see :func:`pretrain_crumb`).
 
@@ -441,6 +464,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             seed=self.seed,
             max_steps=max_steps,
             latent_layer=self.latent_layer,
+            cache_features=cache_features,
         )
 
     def save_pretrained(self, path: PathLike, model: Optional[nn.Module] = None) -> Path:
