@@ -290,9 +290,9 @@ class CodeBuffer:
         )
 
 
-# The code dtypes a checkpoint may name: looked up in this table, never with getattr on saved text.
-_CODE_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.uint8, torch.int8, torch.int16, torch.float16,
-                                                          torch.bfloat16, torch.float32)}
+# The code dtypes a checkpoint may name are the ones a buffer accepts, looked up by name in this
+# table, never with getattr on saved text.
+_CODE_DTYPES = {str(d).replace("torch.", ""): d for d in _ALLOWED_CODE_DTYPES}
 
 
 def _code_dtype(name: Any) -> torch.dtype:
