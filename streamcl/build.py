@@ -37,8 +37,13 @@ def resolve_device(name: Union[str, List[int]]) -> torch.device:
 
     ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` | a list of GPU ids. A list is meant for
     multi-GPU data parallel (one process per id under torchrun); a single process uses
-    the first id.
+    the first id. Under torchrun (:mod:`streamcl.distributed`) each process takes its own device
+    instead: its ``LOCAL_RANK``'s GPU (NCCL), or the CPU (gloo; also when ``device: cpu``).
     """
+    from streamcl import distributed
+
+    if distributed.is_distributed():
+        return distributed.device()
     if isinstance(name, list):
         name = f"cuda:{int(name[0])}"
     if name == "auto":
@@ -131,8 +136,13 @@ def build_model(cfg: Dict[str, Any], n_classes: int) -> torch.nn.Module:
 
 
 def build_plugins(cfgs: List[Dict[str, Any]], context: RunContext) -> List[Any]:
-    """One plugin per ``plugins:`` entry, in order."""
+    """One plugin per ``plugins:`` entry, in order (after a DeviceTransformPlugin when the scenario's inputs are uint8)."""
     plugins = []
+    info = getattr(context.scenario, "streamcl_info", None)
+    if getattr(info, "device_normalize", None) is not None:  # frame-cache uint8 inputs: normalise on the device, first
+        from streamcl.benchmarks.device_transforms import DeviceTransformPlugin
+
+        plugins.append(DeviceTransformPlugin(*info.device_normalize))
     for cfg in cfgs:
         entry = PLUGINS.get(cfg["name"])
         kwargs = _kwargs(cfg)

@@ -1,4 +1,4 @@
-"""``streamcl`` command line: run | prepare | list | report.
+"""``streamcl`` command line: run | status | prepare | list | report.
 
 User mistakes (bad YAML, missing dataset, unreadable checkpoint) raise
 :class:`~streamcl.errors.StreamclError`; they are printed as one line on stderr
@@ -18,16 +18,29 @@ from streamcl.errors import StreamclError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from streamcl.config import load_experiment
+    from streamcl.units import parse_selectors, select_units
 
-    exp = load_experiment(args.file, args.override)
+    exp = load_experiment(args.file, args.override, launcher=args.launcher)
+    units = select_units(exp, parse_selectors(args.only)) if args.only else None
     if args.dry_run:
         print(f"{exp.name}: {len(exp.cells)} cell(s) x {len(exp.runs)} run(s) -> {exp.root}")
         for cell in exp.cells:
             print(f"  {cell.name}")
+        if units is not None:
+            print(f"selected {len(units)} unit(s): " + ", ".join(f"{u.cell} run{u.run}" for u in units))
         return 0
     from streamcl.runner import run_experiment
 
-    root = run_experiment(exp, restart=args.restart, progress=not args.quiet, verbose=args.verbose)
+    root = run_experiment(exp, restart=args.restart, progress=not args.quiet, verbose=args.verbose, units=units)
+    from streamcl.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun: rank 0 prints the results
+        return 0
+    la = exp.launcher
+    if la["name"] == "slurm" and la.get("executor") == "slurm" and not la.get("wait"):
+        # submitted: the last unit to finish writes the summary
+        print(f"\nSubmitted; follow it with: streamcl status {root}")
+        return 0
     print(f"\nResults: {root}\n")
     print((root / "summary.md").read_text())
     print(f"TensorBoard: tensorboard --logdir {root}")
@@ -60,6 +73,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     out = prepare(args.name, args.raw_root, args.out, workers=args.workers, progress=not args.quiet, seed=args.seed,
                   verbose=True)
     print(f"index written to {out}")
+    if args.cache is not None:  # then every indexed frame, decoded once at the network's size
+        from streamcl.benchmarks.frame_cache import cache_nbytes, write_frame_cache
+
+        res = write_frame_cache(out, args.cache, workers=args.workers, progress=not args.quiet)
+        what = "already complete" if res.decoded == 0 else (
+            f"resumed at frame {res.resumed_from}" if res.resumed_from else "written")
+        print(f"frame cache {res.path} ({res.n} frames at {res.size} px, "
+              f"{cache_nbytes(res.n, res.size) / 1e9:.2f} GB) {what}")
     return 0
 
 
@@ -83,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key, e.g. -o strategy.optimizer.lr=0.01 -o runs=[0]")
     r.add_argument("--restart", action="store_true", help="discard earlier results of these cells and start over")
     r.add_argument("--dry-run", action="store_true", help="validate the file and list its cells, run nothing")
+    r.add_argument("--only", action="append", default=[], metavar="SELECTOR",
+                   help="only these units, e.g. --only cell=crumb*,run=0-2 (globs; several flags: OR)")
+    r.add_argument("--launcher", default=None, choices=("local", "ray", "slurm"),
+                   help="where the units run (default: the file's `launcher:`, else local); see README "
+                        "'Running on a cluster'")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the final table (and errors)")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="Avalanche's interactive logger: every metric after every evaluation")
@@ -95,11 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="parallel workers")
     pr.add_argument("--seed", type=int, default=0, help="seed of the balancing (iLab's random runs)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bars (the counts are still printed)")
+    pr.add_argument("--cache", type=int, default=None, metavar="SIZE",
+                    help="also decode every frame once at SIZE px into a uint8 frame cache (e.g. 224; "
+                         "N*SIZE*SIZE*3 bytes) read by benchmarks with `cache: true`")
     pr.set_defaults(func=_cmd_prepare)
 
     ls = sub.add_parser("list", help="list benchmarks, models, strategies, plugins, optimizers, schedulers")
     ls.add_argument("kind", nargs="?", choices=list(REGISTRIES), help="only this kind")
     ls.set_defaults(func=_cmd_list)
+
+    from streamcl.status import add_status_parser
+
+    add_status_parser(sub)
 
     rp = sub.add_parser("report", help="plots and tables from finished runs")
     rp.add_argument("run_dirs", nargs="+", help="experiment, cell or run folders (e.g. runs/demo)")

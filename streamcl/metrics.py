@@ -30,13 +30,33 @@ def raw_item_nbytes(dataset) -> int:
     if net is None:
         return 0
     src = None
-    try:
-        src = _chw(dataset.remove_current_transform_group()[0][0])
-    except Exception:  # a dataset without Avalanche transform groups: charge the network input
-        src = None
+    cached = _cached_source_hw(dataset)
+    if cached is not None:  # a decoded-frame cache: its rows are already resized; the manifest knows the source
+        src = (net[0], int(cached[0]), int(cached[1]))
+    else:
+        try:
+            src = _chw(dataset.remove_current_transform_group()[0][0])
+        except Exception:  # a dataset without Avalanche transform groups: charge the network input
+            src = None
     if src is None:
         return net[0] * net[1] * net[2]
     return min(src[0], net[0]) * min(src[1], net[1]) * min(src[2], net[2])
+
+
+def _cached_source_hw(dataset: Any, depth: int = 12):
+    """The source (height, width) recorded by a frame cache under ``dataset`` (Avalanche's nested datasets), if any."""
+    todo = [(dataset, 0)]
+    while todo:
+        ds, d = todo.pop()
+        hw = getattr(ds, "source_hw", None)
+        if hw is not None and not callable(hw):
+            return tuple(hw)
+        if d < depth:
+            todo.extend((c, d + 1) for c in (getattr(ds, "_datasets", None) or ()))
+            inner = getattr(ds, "dataset", None)
+            if inner is not None and inner is not ds:
+                todo.append((inner, d + 1))
+    return None
 
 
 def _chw(x: Any):

@@ -60,6 +60,9 @@ def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
         if saved_digest == digest:
             print(f"[pretrain] reusing {out}", flush=True)
             return out
+    from streamcl import tensorboard_events
+
+    tensorboard_events.reset(out.parent / "tb")  # the events of an earlier or interrupted pretraining
     seed_everything(0)
     scenario = build_scenario(cfg["benchmark"], 0)
     data = concat_datasets([e.dataset for e in scenario.train_stream])
@@ -72,12 +75,23 @@ def run_pretrain(exp, *, restart: bool = False, progress: bool = True) -> Path:
         model, data, epochs=cfg["epochs"], mb_size=cfg["mb_size"], lr=cfg["lr"], momentum=cfg["momentum"],
         weight_decay=cfg["weight_decay"], direct_loss=cfg["direct_loss"], train_trunk=cfg["train_trunk"],
         device=device, max_steps=cfg["max_steps"], cache_features=cfg.get("cache_features", False),
+        log_dir=out.parent / "tb", progress=progress, input_transform=_input_transform(scenario),
     )
     plugin.save_pretrained(out, model.cpu())
     atomic_write_text(meta, json.dumps({"digest": digest, "final_loss": float(losses[-1]) if losses else None,
                                         "images": len(data)}, indent=2))
     print(f"[pretrain] wrote {out} (final loss {losses[-1]:.4f})" if losses else f"[pretrain] wrote {out}", flush=True)
     return out
+
+
+def _input_transform(scenario):
+    """The device-side normalisation a frame-cache scenario's uint8 batches need (None for decoded images)."""
+    stats = getattr(getattr(scenario, "streamcl_info", None), "device_normalize", None)
+    if stats is None:
+        return None
+    from streamcl.benchmarks.device_transforms import DeviceNormalize
+
+    return DeviceNormalize(*stats)
 
 
 __all__ = ["PRETRAIN_KEYS", "DEFAULTS", "check_pretrain", "run_pretrain", "attach_pretrained", "pretrained_path"]

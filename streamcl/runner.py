@@ -20,12 +20,13 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from streamcl import checkpoint, tensorboard_events
+from streamcl import checkpoint, distributed, tensorboard_events
 from streamcl.build import (  # re-exported: these lived here before streamcl.build existed
     RunContext,
     build_model,
@@ -60,11 +61,16 @@ from streamcl.results import (
     rows_to_csv_text,
     stream_accuracy,
 )
+from streamcl.units import Unit
 from streamcl.utils import atomic_write_text, config_digest, remove_temp_files, seed_everything
 
 __all__ = [
     "Run",
+    "Unit",
     "run_experiment",
+    "run_unit",
+    "UnitWorker",
+    "all_units",
     "RunContext",
     "build_model",
     "build_plugins",
@@ -135,7 +141,8 @@ class Run:
         import_modules(cfg.get("imports", []))  # a user's registrations (validated at config time)
         seed_everything(seed)
         device = resolve_device(cfg["device"])
-        scenario = build_scenario(cfg["benchmark"], order)
+        with distributed.main_process_first():  # torchrun: rank 0 generates / indexes a dataset first
+            scenario = build_scenario(cfg["benchmark"], order)
         n_classes = n_classes_of(scenario)
         self.context = RunContext(scenario, n_classes, self.run, device, self.dir, self.cell.name)
         seed_everything(seed)  # model init does not depend on what the benchmark consumed
@@ -146,6 +153,8 @@ class Run:
         return scenario, strategy
 
     def _attach_loggers(self, scenario, strategy, start_step: int) -> None:
+        if not distributed.is_main_process():  # torchrun: only rank 0 logs (Avalanche refuses loggers elsewhere)
+            return
         names = self.cfg["evaluation"]["loggers"]
         show = "progress" in names and self.progress
         loggers = build_loggers([n for n in names if n != "progress" or (show and self.verbose)], self.dir,
@@ -243,19 +252,26 @@ class Run:
         ``stop_after=k`` raises KeyboardInterrupt once k experiences have been trained by this
         call (after their checkpoint), as a crash would; tests use it to check resume.
         """
-        remove_temp_files(self.dir)  # left by a kill during an atomic write (checkpoint.pt.*.tmp included)
-        payload = self._read_checkpoint()
+        # torchrun: rank 0 reads the checkpoint and every rank restores that same payload; only rank 0 writes.
+        main = distributed.is_main_process()
+        if main:
+            remove_temp_files(self.dir)  # left by a kill during an atomic write (checkpoint.pt.*.tmp included)
+        payload = distributed.on_main(self._read_checkpoint)
         set_threads(self.threads)
         deterministic()
         scenario, strategy = self.build()
         set_threads(self.threads)  # again: building may have loaded faiss
 
         start, wall = self._restore(strategy, payload)  # a refused checkpoint stops here, nothing written
+        shared = distributed.prepare_strategy(strategy, self.cfg["strategy"]["train_mb_size"])
 
         # Built and restored: from here on the run folder is written.
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _write_cell_config(self.dir.parent, self.cfg)
-        self._prepare_outputs(payload)
+        if main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_cell_config(self.dir.parent, self.cfg)
+            self._prepare_outputs(payload)
+        else:
+            self.rows = [list(r) for r in payload["metrics"]] if payload is not None else []
         self._attach_loggers(scenario, strategy, int(payload["step"]) if payload else 0)
         if payload is not None:
             checkpoint.set_rng_state(payload["rng"], where=self.ckpt_path)  # last: nothing may draw after it
@@ -265,6 +281,10 @@ class Run:
         workers = self.cfg["num_workers"]
         # Clip-ordered protocols (class_instance, instance) must see consecutive frames.
         shuffle = bool(getattr(getattr(scenario, "streamcl_info", None), "train_shuffle", True))
+        # On a GPU Avalanche already pins batches and copies them with non_blocking=True; keep its loader
+        # workers alive between experiences too (with a frame cache they only copy bytes).
+        on_gpu = self.context.device.type == "cuda"
+        loader_kwargs = {"persistent_workers": True} if on_gpu and workers > 0 else {}
         try:
             for t, experience in enumerate(scenario.train_stream):
                 if t < start:
@@ -272,36 +292,43 @@ class Run:
                 t0 = time.perf_counter()
                 before = self._metric_counts(strategy)
                 strategy.train_epochs = st["first_experience_epochs"] if t == 0 else st["train_epochs"]
-                strategy.train(experience, num_workers=workers, shuffle=shuffle)
+                strategy.train(experience, num_workers=workers, shuffle=shuffle, **loader_kwargs)
                 eval_stream = scenario.test_stream if self.cfg["evaluation"]["eval_on"] == "all" else \
                     scenario.test_stream[: t + 1]
-                strategy.eval(eval_stream, num_workers=workers)
+                strategy.eval(eval_stream, num_workers=workers, **loader_kwargs)
                 wall += time.perf_counter() - t0
                 self.rows.extend(self._new_rows(strategy, t, before))
-                atomic_write_text(self.metrics_path, rows_to_csv_text(self.rows))
-                _flush_loggers(strategy)
-                checkpoint.save(self.ckpt_path, {
-                    "run": self.run,
-                    "cell": self.cell.name,
-                    "digest": config_digest(self.cfg),
-                    "next_experience": t + 1,
-                    "wall_time": wall,
-                    "step": int(strategy.clock.train_iterations),
-                    "metrics": [list(r) for r in self.rows],
-                    "strategy": checkpoint.capture_strategy(strategy),
-                    "rng": checkpoint.rng_state(),
-                })
+                if main:
+                    atomic_write_text(self.metrics_path, rows_to_csv_text(self.rows))
+                    _flush_loggers(strategy)
+                    with shared.plugin_hidden():  # the same checkpoint for any number of processes
+                        state = checkpoint.capture_strategy(strategy)
+                    checkpoint.save(self.ckpt_path, {
+                        "run": self.run,
+                        "cell": self.cell.name,
+                        "digest": config_digest(self.cfg),
+                        "next_experience": t + 1,
+                        "wall_time": wall,
+                        "step": int(strategy.clock.train_iterations),
+                        "metrics": [list(r) for r in self.rows],
+                        "strategy": state,
+                        "rng": checkpoint.rng_state(),
+                    })
+                distributed.barrier()  # no rank runs ahead (or stops) before rank 0's checkpoint is on disk
                 failpoint("after_checkpoint")
                 acc = stream_accuracy(strategy.evaluator.get_last_metrics())
-                if acc is not None and self.progress and not self._bar:
+                if acc is not None and self.progress and not self._bar and main:
                     print(f"[{self.cell.name} run{self.run}] experience {t + 1}/{n_exp}: "
                           f"accuracy on seen classes {acc:.4f} ({wall:.1f} s)", flush=True)
                 if stop_after is not None and t + 1 - start >= stop_after:
                     raise KeyboardInterrupt(f"stopped after experience {t} (stop_after={stop_after})")
             summary = self._summary(n_exp, wall)
-            atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
+            if main:
+                atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
+            distributed.barrier()
             return summary
         finally:
+            shared.close()
             _close_loggers(strategy)
 
     def _summary(self, n_exp: int, wall: float) -> Dict[str, Any]:
@@ -403,6 +430,150 @@ def _lock(root: Path, name: str):
     return FileLock(str(folder / f"{name}.lock"))
 
 
+def unit_lock(root: Path, unit: Unit):
+    """The lock of one (cell, run) (:meth:`Unit.lock_path`): held while a process works on its folder."""
+    return _lock(root, unit.lock_name)
+
+
+def _cell(exp: Experiment, name: str) -> Cell:
+    for cell in exp.cells:
+        if cell.name == name:
+            return cell
+    raise ConfigError(f"{exp.file}: no cell named '{name}' (cells: {', '.join(c.name for c in exp.cells)})")
+
+
+def ensure_pretrained(exp: Experiment, *, restart: bool = False, progress: bool = True,
+                      threads: Optional[int] = None) -> None:
+    """Run the experiment's ``pretrain:`` phase once (under a lock: other processes wait, then reuse its file)."""
+    if exp.pretrain is None:
+        return
+    from streamcl.pretrain import run_pretrain
+
+    set_threads(threads or default_threads())
+
+    def pretrain() -> None:
+        with _lock(exp.root, "pretrain"):
+            run_pretrain(exp, restart=restart, progress=progress)
+
+    distributed.on_main(pretrain)  # torchrun: rank 0 pretrains and writes the file, the others then read it
+
+
+def run_unit(exp: Experiment, unit: Unit, *, progress: bool = True, verbose: bool = False,
+             threads: Optional[int] = None, stop_after: Optional[int] = None, wait: bool = True) -> str:
+    """Run one (cell, run) to its end unless it is finished; returns ``"finished"``, ``"ran"`` or ``"busy"``.
+
+    Idempotent and safe to call from any process on any machine sharing ``exp.root``: the
+    unit's lock is held while it runs, a finished unit is skipped, an interrupted one resumes
+    from its checkpoint. ``wait=False``: return ``"busy"`` at once when another process holds it.
+    This is the function every launcher (:mod:`streamcl.launchers`) calls, once per unit.
+    """
+    from filelock import Timeout
+
+    cell = _cell(exp, unit.cell)
+    root = exp.root
+    cell_dir = root / cell.name
+    run_dir = cell_dir / f"run{unit.run}"
+    main = distributed.is_main_process()
+    lock = unit_lock(root, unit) if main else None  # torchrun: rank 0 holds the lock for all its ranks
+
+    def decide() -> str:
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return "busy"
+        try:
+            _check_cell_config(cell_dir, cell.config)
+            if _finished(run_dir, cell.config):
+                if progress:
+                    print(f"[{cell.name} run{unit.run}] already finished; skipping", flush=True)
+                lock.release()
+                return "finished"
+            if (run_dir / "checkpoint.pt").exists() and progress:
+                print(f"[{cell.name} run{unit.run}] resuming from {run_dir / 'checkpoint.pt'}", flush=True)
+        except BaseException:
+            lock.release()
+            raise
+        return "run"
+
+    state = distributed.on_main(decide)  # torchrun: every rank takes rank 0's decision
+    if state != "run":
+        return state
+    try:
+        threads = threads or exp.threads or default_threads(loader_workers=cell.config["num_workers"])
+        try:
+            Run(cell, unit.run, run_dir, progress=progress, verbose=verbose, threads=threads).execute(
+                stop_after=stop_after)
+        except StreamclError:
+            if main:
+                _discard_unstarted(cell_dir, run_dir)
+            raise
+        return "ran"
+    finally:
+        if main:
+            lock.release()
+
+
+@dataclass(frozen=True)
+class UnitWorker:
+    """What a launcher calls for each unit: :func:`run_unit` with this invocation's options (picklable).
+
+    Launchers receive one instead of importing this module, so that imports point down only
+    (``runner -> launchers``); Ray and submitit pickle it by reference with the experiment.
+    """
+
+    progress: bool = True
+    verbose: bool = False
+    threads: Optional[int] = None
+    stop_after: Optional[int] = None
+
+    def __call__(self, exp: Experiment, unit: Unit, *, wait: bool = True, threads: Optional[int] = None) -> str:
+        """Run ``unit`` (see :func:`run_unit`); ``threads`` replaces this worker's thread count (a launcher's CPUs)."""
+        return run_unit(exp, unit, progress=self.progress, verbose=self.verbose, threads=threads or self.threads,
+                        stop_after=self.stop_after, wait=wait)
+
+    def finish(self, exp: Experiment) -> bool:
+        """Write the summary tables if every unit of ``exp`` has finished (what the last unit to finish does)."""
+        return write_summary_if_complete(exp)
+
+
+def all_units(exp: Experiment) -> List[Unit]:
+    """Every (cell, run) of the experiment, in grid order (cells outer, runs inner)."""
+    return [Unit(cell.name, run) for cell in exp.cells for run in exp.runs]
+
+
+def discard_for_restart(exp: Experiment, units: Sequence[Unit]) -> None:
+    """``--restart``: delete the folders of ``units`` (a whole cell when all its runs are among them).
+
+    Refused while another process holds one of their locks.
+    """
+    from filelock import Timeout
+
+    root = exp.root
+    chosen = {(u.cell, u.run) for u in units}
+    for cell in exp.cells:
+        runs = [r for r in exp.runs if (cell.name, r) in chosen]
+        cell_dir = root / cell.name
+        if not runs or not cell_dir.exists():
+            continue
+        locks = [unit_lock(root, Unit(cell.name, r)) for r in runs]
+        try:
+            for lock in locks:
+                lock.acquire(timeout=0)
+            whole = not any(p.is_dir() and p.name.startswith("run") and p.name[3:] not in {str(r) for r in runs}
+                            for p in cell_dir.iterdir())
+            if whole:
+                shutil.rmtree(cell_dir)
+            else:
+                for r in runs:
+                    shutil.rmtree(cell_dir / f"run{r}", ignore_errors=True)
+        except Timeout:
+            raise StreamclError(f"{cell_dir}: another streamcl process is running this cell; stop it "
+                                "before --restart") from None
+        finally:
+            for lock in locks:
+                lock.release()
+
+
 def run_experiment(
     exp: Experiment,
     *,
@@ -411,51 +582,65 @@ def run_experiment(
     verbose: bool = False,
     stop_after: Optional[int] = None,
     threads: Optional[int] = None,
+    units: Optional[Sequence[Unit]] = None,
 ) -> Path:
-    """Run every cell x run of ``exp`` (skipping finished runs), then write the summary tables.
+    """Run the units of ``exp`` (default: every cell x run) with its launcher, then write the summary tables.
 
     Each (cell, run) is one unit of work, keyed by its folder and guarded by a lock: any
     number of ``streamcl run`` processes on the same file share the work, each unit runs
     once, and each process waits for the units others hold before writing the summary.
     ``threads``: torch intra-op threads per run (default: the experiment's ``threads:``,
     else ``$OMP_NUM_THREADS``, else the cores available less the data-loader workers).
+    With a launcher that returns before the units finish (SLURM without ``wait``), the
+    summary is written by whichever unit finishes last; ``streamcl status`` shows progress.
     """
+    from streamcl.launchers import launch
 
+    root = exp.root
+    units = list(all_units(exp) if units is None else units)
+    if threads is None:
+        threads = exp.threads or default_threads(
+            loader_workers=max((c.config["num_workers"] for c in exp.cells), default=0))
+    # Under torchrun every process runs this same call: join the process group (gloo on CPU, NCCL on GPUs).
+    if distributed.init_from_env(use_cuda=any(c.config["device"] != "cpu" for c in exp.cells)):
+        if exp.launcher["name"] != "local":
+            raise ConfigError(f"torchrun already runs each unit data-parallel in its processes; the "
+                              f"'{exp.launcher['name']}' launcher cannot run inside it (use --launcher local)",
+                              file=exp.file, key="launcher")
+    main = distributed.is_main_process()
+    progress, verbose = progress and main, verbose and main  # torchrun: rank 0 prints
+
+    def check() -> None:
+        if restart:
+            discard_for_restart(exp, units)
+        for cell in exp.cells:  # a changed config is refused before anything runs
+            _check_cell_config(root / cell.name, cell.config)
+
+    try:
+        distributed.on_main(check)
+        ensure_pretrained(exp, restart=restart, progress=progress, threads=threads)
+        if exp.launcher["name"] != "local":  # a finished unit costs a remote process for nothing
+            units = [u for u in units if not _finished(root / u.cell / f"run{u.run}", _cell(exp, u.cell).config)]
+        done = launch(exp, units, UnitWorker(progress, verbose, threads, stop_after))
+    except StreamclError:
+        if main:
+            _remove_lonely_locks(root)
+        raise
+    if done:
+        distributed.on_main(lambda: write_summary_if_complete(exp, force=True))
+    return root
+
+
+def write_summary_if_complete(exp: Experiment, *, force: bool = False) -> bool:
+    """Write ``summary.csv/md`` when every unit of ``exp`` has its summary (or always, with ``force``)."""
     from streamcl.report import write_summary
 
     root = exp.root
-    if threads is None:
-        threads = getattr(exp, "threads", None) or default_threads(
-            loader_workers=max((c.config["num_workers"] for c in exp.cells), default=0))
-    def run_unit(cell: Cell, run: int) -> None:
-        cell_dir = root / cell.name
-        run_dir = cell_dir / f"run{run}"
-        if _finished(run_dir, cell.config):
-            if progress:
-                print(f"[{cell.name} run{run}] already finished; skipping", flush=True)
-            return
-        if (run_dir / "checkpoint.pt").exists() and progress:
-            print(f"[{cell.name} run{run}] resuming from {run_dir / 'checkpoint.pt'}", flush=True)
-        try:
-            Run(cell, run, run_dir, progress=progress, verbose=verbose, threads=threads).execute(
-                stop_after=stop_after)
-        except StreamclError:
-            _discard_unstarted(cell_dir, run_dir)
-            raise
-
-    try:
-        if exp.pretrain is not None:
-            from streamcl.pretrain import run_pretrain
-
-            set_threads(threads)
-            with _lock(root, "pretrain"):  # one process pretrains, the others then reuse its file
-                run_pretrain(exp, restart=restart, progress=progress)
-        _run_units(exp, restart, progress, run_unit)
-    except StreamclError:
-        _remove_lonely_locks(root)
-        raise
-    write_summary(root)
-    return root
+    if not force and not all((root / u.cell / f"run{u.run}" / "summary.json").exists() for u in all_units(exp)):
+        return False
+    with _lock(root, "summary"):
+        write_summary(root)
+    return True
 
 
 def _remove_lonely_locks(root: Path) -> None:
@@ -479,43 +664,3 @@ def _remove_lonely_locks(root: Path) -> None:
     finally:
         for lock in held:
             lock.release()
-
-
-def _run_units(exp: Experiment, restart: bool, progress: bool, run_unit) -> None:
-    """Every unit of ``exp`` this process can lock, then (waiting) those other processes held."""
-    from filelock import Timeout
-
-    root = exp.root
-    busy: List[Tuple[Cell, int]] = []
-    for cell in exp.cells:
-        cell_dir = root / cell.name
-        if restart and cell_dir.exists():
-            locks = [_lock(root, f"{cell.name}-run{run}") for run in exp.runs]
-            try:
-                for lock in locks:
-                    lock.acquire(timeout=0)
-                shutil.rmtree(cell_dir)
-            except Timeout:
-                raise StreamclError(f"{cell_dir}: another streamcl process is running this cell; stop it "
-                                    "before --restart") from None
-            finally:
-                for lock in locks:
-                    lock.release()
-        _check_cell_config(cell_dir, cell.config)
-        for run in exp.runs:
-            lock = _lock(root, f"{cell.name}-run{run}")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                if progress:
-                    print(f"[{cell.name} run{run}] another process is running it; waiting for it at the end",
-                          flush=True)
-                busy.append((cell, run))
-                continue
-            try:
-                run_unit(cell, run)
-            finally:
-                lock.release()
-    for cell, run in busy:  # blocks until the other process is done with it (or died: then it runs here)
-        with _lock(root, f"{cell.name}-run{run}"):
-            run_unit(cell, run)

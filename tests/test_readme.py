@@ -37,7 +37,7 @@ INLINE = [
 
 DEMO = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[cpu]' && "
         ".venv/bin/streamcl run experiments/demo.yaml")
-TESTS = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[cpu,test]' && "
+TESTS = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[cpu,test,ray,slurm]' && "
          ".venv/bin/python -m pytest -q")
 ERROR_EXAMPLE = "streamcl run experiments/demo.yaml -o strategy.train_mb_sise=8"
 
@@ -96,6 +96,13 @@ TESTED = {
     "streamcl run experiments/demo.yaml --dry-run -o runs=[0] -o methods.crumb.plugins[0].memory=417":
         "test_fast_commands",
     "streamcl run tests/custom_example/custom.yaml": "test_fast_commands",
+    "streamcl run experiments/synthetic/sweep_demo.yaml --dry-run": "test_fast_commands",
+    "streamcl run experiments/synthetic/sweep_demo.yaml --only cell=crumb-lr0.01*": "test_sweep_commands",
+    "streamcl status experiments/synthetic/sweep_demo.yaml": "test_sweep_commands",
+    "streamcl run experiments/synthetic/sweep_demo.yaml --launcher slurm -o launcher.executor=local":
+        "test_launcher_commands",
+    "streamcl run experiments/synthetic/sweep_demo.yaml --launcher ray": "test_launcher_commands",
+    "torchrun --nproc_per_node 2 -m streamcl run experiments/synthetic/ddp_tiny.yaml": "test_torchrun_command",
     "streamcl prepare toybox /data/toybox_raw --out /data/toybox": "test_prepare_commands",
     "streamcl prepare ilab2mlight /data/ilab --out /data/ilab_index": "test_prepare_commands",
     "streamcl prepare core50 /data/core50 --out /data/core50_index": "test_prepare_commands",
@@ -137,6 +144,51 @@ def test_fast_commands(tmp_path, cmd):
     work = clone(tmp_path)
     proc = run(cmd, work, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_sweep_commands(tmp_path):
+    """Part of a sweep, then its status: two cells finished, two not started."""
+    work = clone(tmp_path)
+    cmds = [c for c, how in TESTED.items() if how == "test_sweep_commands"]
+    proc = run(cmds[0], work, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (work / "runs" / "synthetic_sweep_demo").iterdir() if p.name.startswith("crumb")) \
+        == ["crumb-lr0.01-n_blocks32", "crumb-lr0.01-n_blocks64"]
+    proc = run(cmds[1], work, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 finished, 0 running, 0 interrupted, 2 not started" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_launcher_commands(tmp_path):
+    """The sweep through submitit's local executor, then through Ray: the same summary table."""
+    work = clone(tmp_path)
+    tables = []
+    for i, cmd in enumerate(c for c, how in TESTED.items() if how == "test_launcher_commands"):
+        proc = run(cmd + f" -q -o output_dir=out{i}", work, tmp_path)
+        assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+        table = (work / f"out{i}" / "synthetic_sweep_demo" / "summary.csv").read_text().splitlines()
+        tables.append([",".join(row.split(",")[:6]) for row in table])  # wall time aside
+    assert tables[0] == tables[1] and len(tables[0]) == 5
+
+
+@pytest.mark.slow
+def test_torchrun_command(tmp_path):
+    """The README's torchrun line: two gloo processes, rank 0 writes the one summary."""
+    work = clone(tmp_path)
+    cmd = next(c for c, how in TESTED.items() if how == "test_torchrun_command")
+    args = shlex.split(cmd)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [str(torchrun), "--master_addr", "127.0.0.1", "--master_port", str(port), *args[1:]]
+    proc = subprocess.run(argv, cwd=work, env=env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = work / "runs" / "ddp_tiny"
+    assert (root / "summary.csv").exists()
+    assert len(list((root / "crumb" / "run0" / "tb").glob("events.*"))) == 1
+    assert proc.stdout.count("Results:") == 1  # printed by rank 0 only
 
 
 def test_prepare_commands(tmp_path):

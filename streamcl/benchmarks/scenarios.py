@@ -43,12 +43,18 @@ from avalanche.benchmarks.utils.data_attribute import DataAttribute, TaskLabels
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
 from avalanche.benchmarks.utils.transform_groups import TransformGroups
 from filelock import FileLock
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from streamcl.benchmarks.dirmap import load_dirmap
+from streamcl.benchmarks.frame_cache import CachedFrameDataset, FrameCache, open_frame_cache, open_rgb
 from streamcl.benchmarks.protocols import ProtocolName, SplitView, StreamSplit, make_stream
-from streamcl.benchmarks.transforms import default_eval_transform, default_train_transform
-from streamcl.errors import DatasetError
+from streamcl.benchmarks.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_eval_transform,
+    default_train_transform,
+)
+from streamcl.errors import ConfigError, DatasetError
 from streamcl.registry import register_benchmark
 from streamcl.utils import atomic_write_text
 
@@ -86,22 +92,8 @@ class DirmapImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Tuple[Image.Image, int]:
-        path = self.image_root / self.paths[i]
-        try:
-            with Image.open(path) as im:
-                if self.draft_size:
-                    im.draft("RGB", (self.draft_size, self.draft_size))
-                img = im.convert("RGB")
-        except FileNotFoundError:
-            raise DatasetError(
-                f"{path}: image listed in the dirmap is missing (is the image root right? "
-                f"re-run `streamcl prepare NAME RAW --out ROOT` if the tree changed)"
-            ) from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise DatasetError(
-                f"{path}: cannot read image ({e}); re-extract or remove it from the dirmap"
-            ) from e
-        return img, int(self.labels[i])
+        # open_rgb is shared with the frame-cache writer, so cached rows are these images resized
+        return open_rgb(self.image_root / self.paths[i], self.draft_size), int(self.labels[i])
 
 
 class StreamDataset(TaskAwareSupervisedClassificationDataset, ClassificationDataset):
@@ -119,6 +111,16 @@ class StreamInfo(SplitView):
     input_shape: Tuple[int, int, int]
     dataset: StreamDataset  # every dirmap row; experiences and buffers are subsets of it
     train_sample_ids: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, np.int64))
+    #: ``(mean, std)`` when inputs are uint8 CHW frames from a frame cache that the device must normalise
+    #: (``DeviceNormalize``; ``streamcl.build`` adds a ``DeviceTransformPlugin``); None: float tensors, normalised.
+    device_normalize: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+    #: The frame cache the inputs come from (``cache:`` key), else None (decode path).
+    frame_cache: Optional[Path] = None
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """dtype of the dataset's inputs: uint8 with a frame cache, else float32."""
+        return torch.uint8 if self.device_normalize is not None else torch.float32
 
     @property
     def train_shuffle(self) -> bool:
@@ -134,11 +136,19 @@ def make_stream_dataset(
     train_transform: Transform,
     eval_transform: Transform,
     draft_size: Optional[int] = None,
+    frame_cache: Optional[FrameCache] = None,
 ) -> StreamDataset:
-    """One Avalanche dataset over every row of ``dirmap`` (``sample_id`` = row position), in the 'train' group."""
+    """One Avalanche dataset over every row of ``dirmap`` (``sample_id`` = row position), in the 'train' group.
+
+    With ``frame_cache`` the rows come from the cache as uint8 CHW tensors (no decoding; pass
+    ``None`` transforms: normalisation happens on the device).
+    """
     n = len(dirmap)
     labels = [int(v) for v in labels]
-    raw = DirmapImageDataset(image_root, dirmap["im_path"].tolist(), labels, draft_size=draft_size)
+    if frame_cache is not None:
+        raw = CachedFrameDataset(frame_cache.path, labels, source_hw=frame_cache.source_hw)
+    else:
+        raw = DirmapImageDataset(image_root, dirmap["im_path"].tolist(), labels, draft_size=draft_size)
     return StreamDataset(
         [raw],
         data_attributes=[
@@ -160,15 +170,30 @@ def build_scenario(
     train_transform: Transform = None,
     eval_transform: Transform = None,
     online_mb_size: Optional[int] = None,
+    frame_cache: Optional[FrameCache] = None,
 ) -> CLScenario:
-    """Turn a :class:`StreamSplit` into an Avalanche ``CLScenario`` (see module doc)."""
+    """Turn a :class:`StreamSplit` into an Avalanche ``CLScenario`` (see module doc).
+
+    With ``frame_cache`` (an open cache of ``image_size`` px frames of this dirmap) the datasets
+    yield uint8 CHW tensors and ``streamcl_info.device_normalize`` says how to normalise them.
+    """
     image_root = Path(image_root)
     custom = train_transform is not None or eval_transform is not None
-    train_t = train_transform or default_train_transform(image_size)
-    eval_t = eval_transform or default_eval_transform(image_size)
+    if frame_cache is not None:
+        if custom:
+            raise ConfigError("a frame cache serves uint8 frames normalised on the device; it cannot be combined "
+                              "with custom train/eval transforms (use cache: null)", key="cache")
+        if frame_cache.size != image_size or frame_cache.n != len(dirmap):
+            raise ValueError(f"{frame_cache.path}: holds {frame_cache.n} frames of {frame_cache.size} px, "
+                             f"expected {len(dirmap)} of {image_size} px")
+        train_t = eval_t = None
+    else:
+        train_t = train_transform or default_train_transform(image_size)
+        eval_t = eval_transform or default_eval_transform(image_size)
     labels = dirmap["class"].map(split.label_map).fillna(-1).astype(np.int64).to_numpy()
     base = make_stream_dataset(
-        image_root, dirmap, labels, train_transform=train_t, eval_transform=eval_t, draft_size=image_size
+        image_root, dirmap, labels, train_transform=train_t, eval_transform=eval_t, draft_size=image_size,
+        frame_cache=frame_cache,
     )
     train_ids = split.train_ids()
     bm = benchmark_from_datasets(
@@ -205,6 +230,8 @@ def build_scenario(
         input_shape=input_shape,
         dataset=base,
         train_sample_ids=np.sort(np.concatenate(train_ids)),
+        device_normalize=(IMAGENET_MEAN, IMAGENET_STD) if frame_cache is not None else None,
+        frame_cache=frame_cache.path if frame_cache is not None else None,
     )
     return bm
 
@@ -286,6 +313,30 @@ def from_dirmap(
     )
 
 
+CacheArg = Optional[Union[bool, int]]
+
+
+def cache_size(cache: CacheArg, image_size: int) -> Optional[int]:
+    """The frame-cache size a ``cache:`` value asks for (None: decode path); ConfigError(key="cache") if invalid.
+
+    ``null``/``false``: decode every image (default); ``true``: the cache at ``image_size``;
+    an int: the same, stated explicitly (it must equal ``image_size``: a cache holds one size).
+    """
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return int(image_size)
+    if isinstance(cache, int) and cache == image_size:
+        return int(cache)
+    raise ConfigError(f"must be null, true or the image size {image_size} (a frame cache holds frames at the "
+                      f"model's input size), got {cache!r}", key="cache")
+
+
+def _check_cache_arg(*, cache: CacheArg = None, image_size: int = 224, **_: Any) -> None:
+    """``config_validate`` of the prepared-dataset factories: a ``cache:`` value that fits ``image_size``."""
+    cache_size(cache, image_size)
+
+
 def _from_prepared(
     dataset: str,
     root: PathLike,
@@ -310,6 +361,9 @@ def _from_prepared(
     _check_root(Path(image_root), table, mod.NAME)
     opts = dict(kwargs)
     build = {k: opts.pop(k) for k in ("image_size", "train_transform", "eval_transform", "online_mb_size")}
+    size = cache_size(opts.pop("cache", None), build["image_size"])
+    if size is not None:
+        build["frame_cache"] = open_frame_cache(root, size, table, name=mod.NAME)
     split = make_stream(
         table,
         test_sessions=mod.TEST_SESSIONS if test_sessions is None else test_sessions,
@@ -331,6 +385,7 @@ def toybox(
     image_size: int = 224,
     test_subsample: Optional[Union[int, float]] = None,
     online_mb_size: Optional[int] = None,
+    cache: CacheArg = None,
     train_transform: Transform = None,
     eval_transform: Transform = None,
 ) -> CLScenario:
@@ -350,6 +405,7 @@ def ilab2mlight(
     image_size: int = 224,
     test_subsample: Optional[Union[int, float]] = None,
     online_mb_size: Optional[int] = None,
+    cache: CacheArg = None,
     train_transform: Transform = None,
     eval_transform: Transform = None,
 ) -> CLScenario:
@@ -369,6 +425,7 @@ def core50(
     image_size: int = 224,
     test_subsample: Optional[Union[int, float]] = None,
     online_mb_size: Optional[int] = None,
+    cache: CacheArg = None,
     train_transform: Transform = None,
     eval_transform: Transform = None,
 ) -> CLScenario:
@@ -388,11 +445,18 @@ def icubworld(
     image_size: int = 224,
     test_subsample: Optional[Union[int, float]] = None,
     online_mb_size: Optional[int] = None,
+    cache: CacheArg = None,
     train_transform: Transform = None,
     eval_transform: Transform = None,
 ) -> CLScenario:
     """iCubWorld Transformations (20 classes, test session 0 = MIX; 10 experiences) from a ``streamcl prepare`` directory."""
     return _from_prepared("icubworld", **locals())
+
+
+# `cache:` on the prepared datasets: null decodes every image; true (or the image size) reads the
+# frames from `streamcl prepare NAME RAW --out ROOT --cache SIZE`'s cache (see frame_cache.py).
+for _factory in (toybox, ilab2mlight, core50, icubworld):
+    _factory.config_validate = _check_cache_arg  # type: ignore[attr-defined]
 
 
 @register_benchmark("synthetic")
@@ -412,6 +476,7 @@ def synthetic(
     test_sessions: Optional[List[int]] = None,
     test_subsample: Optional[Union[int, float]] = None,
     online_mb_size: Optional[int] = None,
+    cache: CacheArg = None,
     train_transform: Transform = None,
     eval_transform: Transform = None,
 ) -> CLScenario:
@@ -422,14 +487,21 @@ def synthetic(
     ``root/<layout>-<hash of the sizes>``; the same sizes reuse it. ``first_class``
     skips that many classes of the layout's class table: a pretraining set with
     ``first_class: 6`` shares no class with a 6-class stream (see
-    ``experiments/synthetic/paper_toybox.yaml``).
+    ``experiments/synthetic/paper_toybox.yaml``). ``cache: true`` also writes the decoded-frame
+    cache of the generated tree (once; later runs read it) and serves uint8 frames from it.
     """
     _check_synthetic_args(root=root, layout=layout, n_classes=n_classes, n_objects=n_objects, image_size=image_size,
-                          first_class=first_class)
+                          first_class=first_class, cache=cache)
     prepared = ensure_synthetic(
         root, layout, n_classes=n_classes, n_objects=n_objects, image_size=image_size, seed=seed,
         first_class=first_class,
     )
+    size = cache_size(cache, image_size)
+    if size is not None:
+        from streamcl.benchmarks.frame_cache import has_frame_cache, write_frame_cache
+
+        if not has_frame_cache(prepared, size):  # our own generated data: build (or resume) the cache here
+            write_frame_cache(prepared, size, progress=False)
     return _from_prepared(
         layout,
         prepared,
@@ -441,13 +513,15 @@ def synthetic(
         image_size=image_size,
         test_subsample=test_subsample,
         online_mb_size=online_mb_size,
+        cache=cache,
         train_transform=train_transform,
         eval_transform=eval_transform,
     )
 
 
 def _check_synthetic_args(
-    *, root: Any, layout: str, n_classes: int, n_objects: int, image_size: int, first_class: int, **_: Any
+    *, root: Any, layout: str, n_classes: int, n_objects: int, image_size: int, first_class: int,
+    cache: CacheArg = None, **_: Any,
 ) -> None:
     """Ranges of :func:`synthetic`'s arguments, before anything is generated.
 
@@ -474,6 +548,7 @@ def _check_synthetic_args(
         raise ConfigError(f"must be >= 1, got {n_objects}", key="n_objects")
     if image_size < 8:
         raise ConfigError(f"must be >= 8 (pixels), got {image_size}", key="image_size")
+    cache_size(cache, image_size)
 
 
 synthetic.config_validate = _check_synthetic_args  # type: ignore[attr-defined]

@@ -16,6 +16,8 @@ imports the runner, the report or the build step):
 * :mod:`~streamcl.config.typecheck`: a YAML value against a factory parameter's type hint.
 * :mod:`~streamcl.config.schema`: the keys of each section and the component checker;
   ``device``, ``seed``/``class_order_seed``, ``imports`` (a user's own modules).
+* :mod:`~streamcl.config.sweep`: the ``sweep:`` section (cartesian product of values, cell names);
+* :mod:`~streamcl.config.launcher`: the ``launcher:`` section (local, ray, slurm and their resources);
 * :mod:`~streamcl.config.experiment`: :class:`Cell`, :class:`Experiment`,
   :func:`validate`, :func:`load_experiment`.
 * :mod:`~streamcl.config.text`: one-line error text and key paths.

@@ -5,21 +5,24 @@
 expand ``${VAR}``, then :func:`validate`: import the user's ``imports:``, check every
 key (:mod:`~streamcl.config.schema`) and expand ``benchmarks:`` x ``methods:`` into
 :class:`Cell` s, each with a plain-dict config that :mod:`streamcl.build` turns into
-Avalanche objects.
+Avalanche objects. A ``sweep:`` section (:mod:`~streamcl.config.sweep`) multiplies every
+cell by the cartesian product of its values, naming the cells ``<cell>-lr0.01-...``.
 
 A cell config holds ``name, benchmark, model, strategy, plugins, evaluation, device,
 num_workers`` always, and ``seed``, ``class_order_seed``, ``imports`` only when the file
-sets them (so that the digests of existing runs do not change); see
+sets them (so that the digests of existing runs do not change; a sweep adds no key either:
+its values sit where their paths point, and in :attr:`Cell.sweep`); see
 :func:`~streamcl.config.schema.check_seeds` and :func:`~streamcl.config.schema.check_device`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from streamcl.config.compose import Origins, apply_override, deep_merge, expand_env, load_document
 from streamcl.config.schema import (
@@ -36,7 +39,20 @@ from streamcl.config.schema import (
     check_seeds,
     check_strategy,
 )
+from streamcl.config.sweep import (
+    MAX_CELL_NAME,
+    SweptOrigins,
+    apply_axes,
+    apply_sweep_override,
+    cell_suffix,
+    check_overrides_against_sweep,
+    check_sweep,
+    combinations,
+    n_combinations,
+    swept_values,
+)
 from streamcl.config.text import KeyPath
+from streamcl.errors import ConfigError
 from streamcl.registry import BENCHMARKS, MODELS
 
 
@@ -46,6 +62,7 @@ class Cell:
 
     name: str
     config: Dict[str, Any]
+    sweep: Dict[str, Any] = field(default_factory=dict)  # this cell's swept values by sweep key ({}: no sweep)
 
 
 @dataclass
@@ -59,6 +76,7 @@ class Experiment:
     output_dir: Path
     pretrain: Optional[Dict[str, Any]] = None
     threads: Optional[int] = None  # torch intra-op threads per run; None: the available cores
+    launcher: Dict[str, Any] = field(default_factory=lambda: {"name": "local"})  # where units run
 
     @property
     def root(self) -> Path:
@@ -72,7 +90,19 @@ def _method_label(cfg: Dict[str, Any]) -> str:
     return "+".join(p.rpartition(":")[2] for p in parts)
 
 
-def validate(doc: Dict[str, Any], origins: Origins, file: Path) -> Experiment:
+@contextlib.contextmanager
+def _context(kind: str, label: Optional[str]) -> Iterator[None]:
+    """Name the method (benchmark) a swept cell failed in: every sweep key applies to every one of them."""
+    try:
+        yield
+    except ConfigError as e:
+        if label is None:
+            raise
+        raise ConfigError(f"{e.detail} (in {kind} '{label}'; a sweep key applies to every {kind})",
+                          file=e.file, key=e.key) from None
+
+
+def validate(doc: Dict[str, Any], origins: Origins, file: Path, cli_launcher: Optional[str] = None) -> Experiment:
     """Check a merged document and expand its grid into cells."""
     from streamcl.registry import load_all
 
@@ -101,16 +131,37 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path) -> Experiment:
                              "leave it out to use the cores available")
     c.typed(("description",), doc.get("description", ""), str)
 
+    axes = check_sweep(c, doc.get("sweep"))
+    bench_axes = [i for i, a in enumerate(axes) if a.root == "benchmark"]
+    method_axes = [i for i, a in enumerate(axes) if a.root != "benchmark"]
+
     if "benchmarks" in doc:
         bench_axis = c.mapping(("benchmarks",), doc["benchmarks"])
         if not bench_axis:
             c.fail(("benchmarks",), "must name at least one benchmark")
-        benches = {}
+        bench_raw = {}
         for label, b in bench_axis.items():
             check_label(c, ("benchmarks", label), label)
-            benches[label] = c.component(("benchmarks", label), b, BENCHMARKS)
+            bench_raw[label] = (("benchmarks", label), b)
     else:
-        benches = {None: c.component(("benchmark",), doc["benchmark"], BENCHMARKS)}
+        bench_raw = {None: (("benchmark",), doc["benchmark"])}
+    n_methods = len(doc["methods"]) if isinstance(doc.get("methods"), dict) else 1
+    n_cells = n_methods * len(bench_raw) * n_combinations(axes)
+    if axes and n_cells > MAX_CELLS:  # before validating a benchmark per combination
+        c.fail(("sweep",), f"the grid has {n_cells} cells (benchmarks x methods x every combination of the sweep "
+                           f"values); at most {MAX_CELLS} (streamcl's limit): sweep fewer values or split the file")
+    # Each benchmark once per combination of the benchmark axes (once without them).
+    benches: Dict[Any, Dict[Tuple[int, ...], Dict[str, Any]]] = {}
+    for label, (bpath, b) in bench_raw.items():
+        benches[label] = {}
+        for sub in combinations([axes[i] for i in bench_axes]):
+            if not sub:
+                benches[label][sub] = c.component(bpath, b, BENCHMARKS)
+                continue
+            with _context("benchmark", label):
+                swept, where = apply_axes(c, {"benchmark": b}, [axes[i] for i in bench_axes], sub, bpath, drop=1)
+                benches[label][sub] = Checker(SweptOrigins(origins, where), home).component(
+                    bpath, swept["benchmark"], BENCHMARKS)
 
     methods_raw = c.mapping(("methods",), doc["methods"]) if "methods" in doc else {None: {}}
     if not methods_raw:
@@ -129,33 +180,51 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path) -> Experiment:
             override = c.mapping(mpath, override or {})
             c.keys(mpath, override, METHOD_KEYS)
         merged = deep_merge(base, {k: v for k, v in override.items() if k != "description"})
-        mc = Checker(origins.rebased(mpath) if m_label is not None else origins, home)
-        model = mc.component(("model",), merged["model"], MODELS)
-        strategy = check_strategy(mc, ("strategy",), merged["strategy"])
-        plugins = check_plugins(mc, ("plugins",), merged.get("plugins"))
-        for b_label, bench in benches.items():
-            cfg = {
-                "name": name,
-                "benchmark": bench,
-                "model": model,
-                "strategy": strategy,
-                "plugins": plugins,
-                "evaluation": evaluation,
-                "device": device,
-                "num_workers": num_workers,
-                **seeds,
-            }
-            if imports:
-                cfg["imports"] = list(imports)
-            label = m_label or _method_label(cfg)
-            cell_name = f"{b_label}-{label}" if b_label else label
-            cells.append(Cell(cell_name, copy.deepcopy(cfg)))
+        m_origins = origins.rebased(mpath) if m_label is not None else origins
+        # The method's model, strategy and plugins once per combination of the other axes (once without them).
+        variants: Dict[Tuple[int, ...], Tuple[Dict[str, Any], Dict[str, Any], List[Dict[str, Any]]]] = {}
+        for sub in combinations([axes[i] for i in method_axes]):
+            mc, part = Checker(m_origins, home), merged
+            with _context("method", m_label if sub else None):
+                if sub:
+                    part, where = apply_axes(c, merged, [axes[i] for i in method_axes], sub)
+                    mc = Checker(SweptOrigins(m_origins, where), home)
+                model = mc.component(("model",), part["model"], MODELS)
+                strategy = check_strategy(mc, ("strategy",), part["strategy"])
+                plugins = check_plugins(mc, ("plugins",), part.get("plugins"))
+            variants[sub] = (model, strategy, plugins)
+        for b_label, bench_variants in benches.items():
+            for choice in combinations(axes):
+                model, strategy, plugins = variants[tuple(choice[i] for i in method_axes)]
+                cfg = {
+                    "name": name,
+                    "benchmark": bench_variants[tuple(choice[i] for i in bench_axes)],
+                    "model": model,
+                    "strategy": strategy,
+                    "plugins": plugins,
+                    "evaluation": evaluation,
+                    "device": device,
+                    "num_workers": num_workers,
+                    **seeds,
+                }
+                if imports:
+                    cfg["imports"] = list(imports)
+                label = m_label or _method_label(cfg)
+                cell_name = (f"{b_label}-{label}" if b_label else label) + cell_suffix(axes, choice)
+                if axes and len(cell_name) > MAX_CELL_NAME:
+                    c.fail(("sweep",), f"cell name '{cell_name[:60]}...' is {len(cell_name)} characters long; at "
+                                       f"most {MAX_CELL_NAME} (it names a folder): sweep shorter values or fewer keys")
+                cells.append(Cell(cell_name, copy.deepcopy(cfg), swept_values(axes, choice)))
     names = [cell.name for cell in cells]
     dup = {n for n, k in collections.Counter(names).items() if k > 1}
     if dup:
         c.fail(("methods",), f"two grid cells share the name {sorted(dup)}; give the methods distinct labels")
 
-    exp = Experiment(name=name, file=file, runs=runs, cells=cells, output_dir=Path(output_dir), threads=threads)
+    from streamcl.config.launcher import check_launcher
+
+    launcher = check_launcher(c, ("launcher",), doc.get("launcher"), cli_launcher)
+    exp = Experiment(name=name, file=file, runs=runs, cells=cells, output_dir=Path(output_dir), threads=threads,
+                     launcher=launcher)
     if doc.get("pretrain") is not None:
         from streamcl.config.pretrain import attach_pretrained, check_pretrain
 
@@ -164,11 +233,15 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path) -> Experiment:
     return exp
 
 
-def load_experiment(path: Union[str, Path], overrides: Sequence[str] = ()) -> Experiment:
-    """Read, merge, override and validate an experiment file (raises ConfigError on any problem)."""
+def load_experiment(path: Union[str, Path], overrides: Sequence[str] = (), launcher: Optional[str] = None) -> Experiment:
+    """Read, merge, override and validate an experiment file (raises ConfigError on any problem).
+
+    ``launcher``: a ``--launcher`` name from the command line, replacing the file's ``launcher:``."""
     path = Path(path)
     doc, origins = load_document(path)
     for item in overrides:
-        apply_override(doc, origins, item)
+        if not apply_sweep_override(doc, origins, item):  # -o sweep.<key>=[...] replaces one axis
+            apply_override(doc, origins, item)
+    check_overrides_against_sweep(doc, overrides)  # -o <key>=v on a swept key: refused, the sweep would win
     doc = expand_env(doc, origins)
-    return validate(doc, origins, path)
+    return validate(doc, origins, path, launcher)

@@ -239,6 +239,8 @@ TOP_KEYS = (
     "seed",
     "class_order_seed",
     "imports",
+    "launcher",
+    "sweep",
 )
 DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
 

@@ -191,9 +191,10 @@ class PQCodec(Codec):
             return False
         ok = faiss_gpu_available(self._faiss) and t.is_cuda
         if self.use_gpu is True and not ok:
-            raise RuntimeError(
-                "PQCodec(use_gpu=True) needs faiss-gpu (pip install 'streamcl[gpu]'), a visible GPU "
-                "and CUDA tensors"
+            # a setting this machine cannot honour (YAML use_gpu: true): a StreamclError, so the CLI says it in one line
+            raise PQConfigError(
+                "use_gpu: true needs faiss-gpu (pip install 'streamcl[gpu]'), a visible GPU and device: cuda; "
+                "set use_gpu: auto (faiss-gpu when present, else faiss-cpu) or false"
             )
         return ok
 

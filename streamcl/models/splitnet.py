@@ -14,7 +14,8 @@ factories below build SplitNets with the papers' cuts and heads.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, Optional
+import math
+from typing import Any, Callable, Dict, Iterator, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -324,6 +325,17 @@ def mobilenetv2_cut(num_classes: int, *, weights: Optional[str] = None, freeze_t
     )
 
 
+def _head_norm(kind: str, channels: int, momentum: Optional[float]) -> nn.Module:
+    """The normalisation layer of the small CNN's head (kept under the name ``bn`` for its state_dict keys)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, momentum=momentum)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise StreamclError(f"small_cnn_cut: head_norm must be batch, group or none, got {kind!r}")
+
+
 @register_model("small_cnn_cut")
 def small_cnn_cut(
     num_classes: int,
@@ -333,8 +345,15 @@ def small_cnn_cut(
     weights: Optional[str] = None,
     freeze_trunk: bool = True,
     seed: Optional[int] = None,
+    head_norm: Literal["batch", "group", "none"] = "batch",
+    bn_momentum: Optional[float] = 0.1,
 ) -> SplitNet:
     """A tiny CNN cut for CPU demos and tests (not a paper model).
+
+    ``head_norm`` is the head's normalisation: ``batch`` (BatchNorm, ``bn_momentum``; None:
+    a cumulative average), ``group`` (GroupNorm, 8 groups: no running statistics, so train and
+    eval modes agree on class-pure stream batches) or ``none``. ``perf/bench_head_norm.py``
+    measures the three on the demo's stream.
 
     Trunk: two conv3x3-BN-ReLU-maxpool stages -> ``2*width`` x H/4 x W/4
     (64 x 16 x 16 at 64 x 64 with the default width). Head: conv3x3-BN-ReLU,
@@ -364,7 +383,7 @@ def small_cnn_cut(
     head = nn.Sequential(
         OrderedDict(
             conv=nn.Conv2d(c, c, 3, padding=1, bias=False),
-            bn=nn.BatchNorm2d(c),
+            bn=_head_norm(head_norm, c, bn_momentum),
             relu=nn.ReLU(),
             pool=nn.AdaptiveAvgPool2d((1, 1)),
             flatten=nn.Flatten(1),

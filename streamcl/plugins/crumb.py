@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
-from streamcl.faults import failpoint
 from streamcl.models.codebook import DISTMATCH_PRESETS, INITS, MemoryBlockCodec, distmatch_preset
 from streamcl.models.codec import Codec, IdentityCodec
 from streamcl.models.splitnet import classifier_prefix
 from streamcl.models.weights import load_matching
+from streamcl.plugins.crumb_pretraining import CRUMBPretraining, evaluation_plugin
 from streamcl.plugins.latent_replay import LatentReplayPlugin, ModelCut, resolve_cut
 from streamcl.registry import register_plugin
 
@@ -72,8 +72,11 @@ def pretrain_crumb(
     max_steps: Optional[int] = None,
     latent_layer: Optional[str] = None,
     cache_features: bool = False,
+    log_dir: Optional[PathLike] = None,
+    progress: bool = False,
+    input_transform: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> List[float]:
-    """Offline CRUMB pretraining of the head and the codebook (trunk frozen).
+    """Offline CRUMB pretraining of the head and the codebook (trunk frozen), run as an Avalanche strategy.
 
     Loss per mini-batch: ``CE(head(decode(encode(f)))) + CE(head(f))`` with
     ``f = trunk(x)`` (``direct_loss=False`` drops the second term, which is what
@@ -94,7 +97,13 @@ def pretrain_crumb(
         feature maps, instead of decoding and encoding the images again each epoch (same batches,
         same result; it holds every feature map in memory, and random image augmentations are
         drawn once). Needs ``train_trunk=False`` and a dataset (not a ready ``DataLoader``).
+    :param log_dir: write the per-epoch loss and reconstructed-path accuracy there as TensorBoard events.
+    :param progress: a progress bar over the mini-batches (on a terminal).
+    :param input_transform: applied to each input batch on the device before the trunk (e.g. a
+        :class:`~streamcl.benchmarks.device_transforms.DeviceNormalize` for frame-cache batches).
     :return: mean loss of each epoch.
+
+    The training loop is :class:`~streamcl.plugins.crumb_pretraining.CRUMBPretraining`.
     """
     from torch.utils.data import DataLoader
 
@@ -107,74 +116,56 @@ def pretrain_crumb(
     if cache_features and (train_trunk or isinstance(data, DataLoader)):
         raise StreamclError("pretrain_crumb: cache_features needs a frozen trunk (train_trunk=False) and a dataset, "
                             "not a DataLoader")
-    if isinstance(data, DataLoader):
-        loader = data
-    else:
-        if cache_features:
-            data = _trunk_features(cut, data, mb_size, num_workers, device)
-        g = torch.Generator()
-        if seed is not None:
-            g.manual_seed(int(seed))
-        loader = DataLoader(data, batch_size=mb_size, shuffle=shuffle, num_workers=num_workers, generator=g)
+    if cache_features:
+        data = _trunk_features(cut, data, mb_size, num_workers, device, input_transform)
     frozen = cut.frozen
     if train_trunk:
         cut.unfreeze()
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in codec.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    ce = nn.CrossEntropyLoss()
     model.train()
     try:
-        return _pretrain_epochs(cut, codec, loader, opt, params, ce, epochs=epochs, direct_loss=direct_loss,
-                                clamp=clamp, device=device, max_steps=max_steps, features=cache_features)
+        return CRUMBPretraining(
+            cut=cut, codec=codec, data=data, optimizer=opt, params=params, mb_size=mb_size, epochs=epochs, device=device,
+            direct_loss=direct_loss, clamp=clamp, features=cache_features, max_steps=max_steps, shuffle=shuffle,
+            num_workers=num_workers, seed=seed, evaluator=_pretrain_evaluator(log_dir, progress, data, mb_size, epochs),
+            input_transform=input_transform,
+        ).run()
     finally:
         if train_trunk and frozen:  # back to a frozen trunk (no gradients, eval-mode BatchNorm) for streaming
             cut.freeze()
 
 
-def _trunk_features(cut: ModelCut, data: Any, mb_size: int, num_workers: int, device: torch.device):
+def _trunk_features(cut: ModelCut, data: Any, mb_size: int, num_workers: int, device: torch.device,
+                    input_transform: Optional[Callable[[Tensor], Tensor]] = None):
     """``(trunk(x), y)`` of every item of ``data``, in order, as a CPU TensorDataset (one pass of the frozen trunk)."""
     from torch.utils.data import DataLoader, TensorDataset
+    from tqdm.auto import tqdm
 
     feats, labels = [], []
+    loader = DataLoader(data, batch_size=mb_size, shuffle=False, num_workers=num_workers)
     with torch.no_grad():
-        for batch in DataLoader(data, batch_size=mb_size, shuffle=False, num_workers=num_workers):
-            feats.append(cut.trunk(batch[0].to(device)).cpu())
+        for batch in tqdm(loader, desc="pretrain: trunk features", unit="batch", leave=False, disable=None):
+            x = batch[0].to(device)
+            feats.append(cut.trunk(input_transform(x) if input_transform is not None else x).cpu())
             labels.append(torch.as_tensor(batch[1]).long().cpu())
     return TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
-def _pretrain_epochs(cut: ModelCut, codec, loader, opt, params, ce, *, epochs, direct_loss, clamp, device,
-                     max_steps, features: bool = False):
-    """The epoch loop of :func:`pretrain_crumb`: mean loss of each epoch (``features``: batches hold trunk outputs)."""
-    history: List[float] = []
-    steps = 0
-    for _ in range(int(epochs)):
-        total, count = 0.0, 0
-        for batch in loader:
-            x, y = batch[0].to(device), batch[1].to(device).long()
-            f = x if features else cut.trunk(x)
-            if not codec.is_fitted:
-                codec.fit(f)
-            loss = ce(cut.head(codec.decode(codec.encode(f))), y)
-            if direct_loss:
-                loss = loss + ce(cut.head(f), y)
-            opt.zero_grad()
-            loss.backward()
-            if clamp is not None:
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.data.clamp_(-clamp, clamp)
-            opt.step()
-            failpoint("pretrain_step")
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            steps += 1
-            if max_steps is not None and steps >= max_steps:
-                break
-        history.append(total / max(count, 1))
-        if max_steps is not None and steps >= max_steps:
-            break
-    return history
+def _pretrain_evaluator(log_dir: Optional[PathLike], progress: bool, data: Any, mb_size: int, epochs: int):
+    """Loss and reconstructed-path accuracy per epoch, to TensorBoard (``log_dir``) and a progress bar."""
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.logging import TensorboardLogger
+
+    from streamcl.progress import RunProgressLogger, is_interactive
+
+    loggers: List[Any] = []
+    if log_dir is not None:
+        loggers.append(TensorboardLogger(str(log_dir)))
+    if progress and is_interactive():
+        steps = -(-len(data) // max(1, mb_size)) * int(epochs) if hasattr(data, "__len__") else None
+        loggers.append(RunProgressLogger("pretrain", steps))
+    return evaluation_plugin(loss_metrics(epoch=True), accuracy_metrics(epoch=True), loggers=loggers)
 
 
 def save_crumb_pretrained(path: PathLike, model: Optional[nn.Module], codec: MemoryBlockCodec) -> Path:
@@ -302,6 +293,8 @@ class CRUMBPlugin(LatentReplayPlugin):
     :param latent_layer: for a model that is not a SplitNet, the name of the layer to cut it at
         (any ``model.named_modules()`` name); what lies before is frozen, replayed items go
         through the layers after it only.
+    :param amp: mixed precision of the frozen trunk's forward only: ``bf16``, ``fp16`` or null (float32).
+    :param channels_last: run the frozen trunk in channels_last memory layout.
     """
 
     def __init__(
@@ -329,6 +322,8 @@ class CRUMBPlugin(LatentReplayPlugin):
         buffer_device: str = "cpu",
         seed: int = 0,
         latent_layer: Optional[str] = None,
+        amp: Optional[Literal["bf16", "fp16"]] = None,
+        channels_last: bool = False,
     ):
         if direct_loss_only and plus_direct_loss:
             raise ConfigError("direct_loss_only and plus_direct_loss exclude each other: set at most one", key="plus_direct_loss")
@@ -368,6 +363,8 @@ class CRUMBPlugin(LatentReplayPlugin):
             buffer_device=buffer_device,
             seed=seed,
             latent_layer=latent_layer,
+            amp=amp,
+            channels_last=channels_last,
         )
         self.storage = storage
         self.n_blocks = int(n_blocks)
@@ -434,6 +431,9 @@ class CRUMBPlugin(LatentReplayPlugin):
         device: Union[str, torch.device, None] = None,
         max_steps: Optional[int] = None,
         cache_features: bool = False,
+        log_dir: Optional[PathLike] = None,
+        progress: bool = False,
+        input_transform: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> List[float]:
         """Pretrain head + this plugin's codebook offline (see :func:`pretrain_crumb`).
 
@@ -465,6 +465,9 @@ class CRUMBPlugin(LatentReplayPlugin):
             max_steps=max_steps,
             latent_layer=self.latent_layer,
             cache_features=cache_features,
+            log_dir=log_dir,
+            progress=progress,
+            input_transform=input_transform,
         )
 
     def save_pretrained(self, path: PathLike, model: Optional[nn.Module] = None) -> Path:

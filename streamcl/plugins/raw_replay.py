@@ -19,8 +19,14 @@ from streamcl.registry import register_plugin
 
 
 @register_plugin("replay")
-class RawReplayPlugin(ReplayPlugin):
-    """Experience replay of raw images (Avalanche's ReplayPlugin); budget in items (mem_size) or memory bytes."""
+class RawReplayPlugin(ReplayPlugin, supports_distributed=True):
+    """Experience replay of raw images (Avalanche's ReplayPlugin); budget in items (mem_size) or memory bytes.
+
+    Under torchrun (:mod:`streamcl.distributed`) the buffer stays the same on every rank: Avalanche's
+    storage policy picks from the whole experience (not a rank's shard) with the global random
+    generators, which are aligned across ranks first; the replay loader shards the buffer like the data.
+    ``batch_size`` / ``batch_size_mem``, when set, are per process (default: the per-process mini-batch).
+    """
 
     config_checks = {"memory": parse_memory}
 
@@ -52,6 +58,12 @@ class RawReplayPlugin(ReplayPlugin):
             self.storage_policy.max_size = self.mem_size
         return super().before_training_exp(strategy, num_workers=num_workers, shuffle=shuffle,
                                             drop_last=drop_last, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        from avalanche.distributed import DistributedHelper
+
+        DistributedHelper.align_seeds()  # torchrun: every rank draws the same items (no-op in one process)
+        return super().after_training_exp(strategy, **kwargs)
 
     def budget(self) -> Mapping[str, int]:
         """The configured budget (``{"items": N}`` or ``{"bytes": B}``)."""

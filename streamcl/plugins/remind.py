@@ -165,6 +165,8 @@ class REMINDPlugin(LatentReplayPlugin):
     :param latent_layer: for a model that is not a SplitNet, the name of the layer to cut it at
         (any ``model.named_modules()`` name, e.g. ``"layer4.0"``); what lies before is frozen,
         replayed items go through the layers after it only.
+    :param amp: mixed precision of the frozen trunk's forward only: ``bf16``, ``fp16`` or null (float32).
+    :param channels_last: run the frozen trunk in channels_last memory layout.
     """
 
     def __init__(
@@ -197,6 +199,8 @@ class REMINDPlugin(LatentReplayPlugin):
         buffer_device: str = "cpu",
         seed: int = 0,
         latent_layer: Optional[str] = None,
+        amp: Optional[Literal["bf16", "fp16"]] = None,
+        channels_last: bool = False,
     ):
         self._check_choice("mode", mode, ("per_sample", "batched"))
         self._check_choice("lr_schedule", lr_schedule, ("per_class", "constant"))
@@ -240,6 +244,8 @@ class REMINDPlugin(LatentReplayPlugin):
             buffer_device=buffer_device,
             seed=seed,
             latent_layer=latent_layer,
+            amp=amp,
+            channels_last=channels_last,
         )
         self.mode = mode
         self.n_replay = int(n_replay)

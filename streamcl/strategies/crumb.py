@@ -65,6 +65,8 @@ class CRUMB(LatentReplayStrategy):
     :param pretrained: a file written by ``CRUMBPlugin.save_pretrained`` (its codebook).
     :param buffer_device: where the code buffer lives.
     :param seed: seed of codebook init, replay draws and buffer truncation.
+    :param amp: mixed precision of the frozen trunk's forward only: ``bf16``, ``fp16`` or null (float32).
+    :param channels_last: run the frozen trunk in channels_last memory layout.
     :param base_kwargs: other keyword arguments of Avalanche's templates (e.g. ``peval_mode``).
     """
 
@@ -107,6 +109,8 @@ class CRUMB(LatentReplayStrategy):
         pretrained: Optional[str] = None,
         buffer_device: str = "cpu",
         seed: int = 0,
+        amp: Optional[Literal["bf16", "fp16"]] = None,
+        channels_last: bool = False,
         **base_kwargs: Any,
     ) -> None:
         plugin = CRUMBPlugin(
@@ -132,6 +136,8 @@ class CRUMB(LatentReplayStrategy):
             pretrained=pretrained,
             buffer_device=buffer_device,
             seed=seed,
+            amp=amp,
+            channels_last=channels_last,
         )
         super().__init__(
             plugin,

@@ -73,6 +73,8 @@ class REMIND(LatentReplayStrategy):
     :param use_gpu: faiss on the GPU: ``"auto"``, true, false.
     :param buffer_device: where the code buffer lives.
     :param seed: seed of the PQ k-means, replay draws, augmentation and evictions.
+    :param amp: mixed precision of the frozen trunk's forward only: ``bf16``, ``fp16`` or null (float32).
+    :param channels_last: run the frozen trunk in channels_last memory layout.
     :param base_kwargs: other keyword arguments of Avalanche's templates (e.g. ``peval_mode``).
     """
 
@@ -121,6 +123,8 @@ class REMIND(LatentReplayStrategy):
         use_gpu: Union[bool, str] = "auto",
         buffer_device: str = "cpu",
         seed: int = 0,
+        amp: Optional[Literal["bf16", "fp16"]] = None,
+        channels_last: bool = False,
         **base_kwargs: Any,
     ) -> None:
         plugin = REMINDPlugin(
@@ -151,6 +155,8 @@ class REMIND(LatentReplayStrategy):
             use_gpu=use_gpu,
             buffer_device=buffer_device,
             seed=seed,
+            amp=amp,
+            channels_last=channels_last,
         )
         super().__init__(
             plugin,

@@ -41,6 +41,18 @@ fixed at trace time, so each mode (train / eval) gets its own trace. The traced 
 model's leaf modules (convolutions, norms, linear layers ...): a forward hook you register on a
 container after the cut (``layer4.1``) sees new items only, one on a leaf (``fc``) sees replayed
 items too.
+
+Mixed precision and memory layout of the frozen part
+----------------------------------------------------
+:meth:`ModelCut.set_precision` (the plugins' ``amp`` and ``channels_last`` switches) makes the
+part before the cut run under ``torch.autocast`` (bf16 / fp16) and/or in ``channels_last``
+layout, while it is frozen: the autocast region is entered just before the first frozen layer
+(a forward pre-hook) and left at the cut (the cut's forward hook), and the feature map leaves
+the cut as a contiguous float32 tensor, so the head, the codec and the buffer see what they see
+without the switches. The hooks live only as long as a feature hook is set (one forward) or a
+:meth:`~ModelCut.features` call; with both switches off nothing is installed, so results stay
+bit-identical to a cut without them. A trunk that is not frozen (REMIND's ``base_train_trunk``)
+runs in float32.
 """
 
 from __future__ import annotations
@@ -54,20 +66,98 @@ from torch import Tensor, nn
 
 from streamcl.errors import ConfigError, StreamclError
 
-__all__ = ["ModelCut", "SplitNetCut", "LayerCut", "resolve_cut"]
+__all__ = ["ModelCut", "SplitNetCut", "LayerCut", "resolve_cut", "AMP_DTYPES", "amp_dtype"]
 
 FeatureHook = Callable[[Tensor], Tensor]
+
+#: ``amp`` values and the autocast dtype each selects (``None``: float32, no autocast).
+AMP_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: Optional[str], who: str = "latent replay") -> Optional[torch.dtype]:
+    """The autocast dtype an ``amp`` setting names (``None`` -> no autocast).
+
+    :raises ConfigError: an unknown value (the message names the key ``amp`` and the valid values).
+    """
+    if amp is None:
+        return None
+    if not isinstance(amp, str) or amp not in AMP_DTYPES:
+        raise ConfigError(f"{who}: invalid value {amp!r}; valid: bf16, fp16 or null (float32)", key="amp")
+    return AMP_DTYPES[amp]
 
 
 class ModelCut:
     """A model seen as ``head(trunk(x))`` around a cut (interface; see the module docstring)."""
 
     model: nn.Module
+    # set_precision's settings and the autocast region the frozen part is running in (if any)
+    _amp: Optional[torch.dtype] = None
+    _channels_last: bool = False
+    _amp_ctx: Optional[torch.autocast] = None
 
     @property
     def frozen(self) -> bool:
         """True while everything before the cut is frozen (no gradients, eval mode)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ precision / layout
+    def set_precision(self, amp: Optional[torch.dtype] = None, channels_last: bool = False) -> None:
+        """Run the frozen part under ``torch.autocast(dtype=amp)`` and/or in ``channels_last`` layout.
+
+        The frozen modules' 4-D weights are converted to ``channels_last`` now (same parameter
+        objects, so optimisers and state dicts are unaffected); inputs are converted at each
+        forward. See the module docstring.
+        """
+        self._amp = amp
+        self._channels_last = bool(channels_last)
+        if self._channels_last:
+            for m in self._frozen_modules():
+                m.to(memory_format=torch.channels_last)
+
+    @property
+    def precision_active(self) -> bool:
+        """True when :meth:`set_precision` asked for autocast or channels_last."""
+        return self._amp is not None or self._channels_last
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        raise NotImplementedError
+
+    def _enter_trunk(self, x: Any) -> Any:
+        """Before the frozen part: enter autocast, make ``x`` channels_last (returns the new input)."""
+        if not self.frozen or not isinstance(x, Tensor):
+            return x
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self._amp is not None and self._amp_ctx is None:
+            try:
+                ctx = torch.autocast(device_type=x.device.type, dtype=self._amp)
+            except RuntimeError as e:  # e.g. a CUDA device without bfloat16
+                name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self._amp, str(self._amp))
+                raise ConfigError(
+                    f"amp={name} is not supported on {x.device} ({_clip(e, 100)}); use another amp value or null",
+                    key="amp",
+                ) from None
+            ctx.__enter__()
+            self._amp_ctx = ctx
+        return x
+
+    def _leave_trunk(self, f: Any) -> Any:
+        """At the cut: leave autocast, hand on a contiguous float32 feature map."""
+        ctx, self._amp_ctx = self._amp_ctx, None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+        if self.frozen and isinstance(f, Tensor) and f.is_floating_point():
+            if self._amp is not None:
+                f = f.float()
+            if self._channels_last:
+                f = f.contiguous()
+        return f
+
+    def _abandon_trunk(self) -> None:
+        """Leave an autocast region a failed forward left open."""
+        ctx, self._amp_ctx = self._amp_ctx, None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
 
     def features(self, x: Tensor) -> Tensor:
         """Output of the part before the cut for ``x``: eval mode, no gradient (what the codec encodes)."""
@@ -103,18 +193,44 @@ class SplitNetCut(ModelCut):
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self._handles: List[Any] = []
 
     @property
     def frozen(self) -> bool:
         return bool(self.model.freeze_trunk)
 
+    def _frozen_modules(self) -> List[nn.Module]:
+        return [self.model.trunk]
+
+    def _install_precision(self) -> bool:
+        """Hooks around ``model.trunk`` applying :meth:`set_precision` (True if installed now)."""
+        if self._handles or not self.precision_active:
+            return False
+        trunk = self.model.trunk
+        self._handles = [
+            trunk.register_forward_pre_hook(lambda m, args: (self._enter_trunk(args[0]), *args[1:])),
+            trunk.register_forward_hook(lambda m, args, out: self._leave_trunk(out), always_call=True),
+        ]
+        return True
+
+    def _remove_precision(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._abandon_trunk()
+
     def features(self, x: Tensor) -> Tensor:
         model = self.model
-        with torch.no_grad():
-            was = model.trunk.training
-            model.trunk.eval()
-            f = model.trunk(x)
-            model.trunk.train(was)
+        installed = self._install_precision()
+        try:
+            with torch.no_grad():
+                was = model.trunk.training
+                model.trunk.eval()
+                f = model.trunk(x)
+                model.trunk.train(was)
+        finally:
+            if installed:
+                self._remove_precision()
         return f
 
     def trunk(self, x: Tensor) -> Tensor:
@@ -125,6 +241,10 @@ class SplitNetCut(ModelCut):
 
     def set_hook(self, hook: Optional[FeatureHook]) -> None:
         self.model.feature_hook = hook
+        if hook is None:
+            self._remove_precision()
+        else:
+            self._install_precision()
 
     def freeze(self) -> None:
         self.model.freeze_trunk = True
@@ -223,6 +343,7 @@ class LayerCut(ModelCut):
         self.module = _get_layer(model, layer, who)
         self._graphs: Dict[Tuple[bool, str], Tuple[torch.fx.GraphModule, torch.fx.GraphModule]] = {}
         self._handle: Any = None
+        self._root_handles: List[Any] = []
         self._frozen = False
         pre_targets, pre_attrs = self._graphs_for(model.training, analyse=True)
         # Everything the cut layer's output is computed from (the cut layer included) is frozen.
@@ -334,15 +455,24 @@ class LayerCut(ModelCut):
     def frozen(self) -> bool:
         return self._frozen
 
+    def _frozen_modules(self) -> List[nn.Module]:
+        return list(self._pre_modules)
+
     def features(self, x: Tensor) -> Tensor:
         pre, _ = self._graphs_for(False)
         modes = [(m, m.training) for mod in self._pre_modules for m in mod.modules()]
+        precision = self.precision_active
         try:
             for m, _ in modes:
                 m.training = False
             with torch.no_grad():
-                return pre(x)
+                if not precision:
+                    return pre(x)
+                # the traced part before the cut is not the model: no root pre-hook runs, enter here
+                return self._leave_trunk(pre(self._enter_trunk(x)))
         finally:
+            if precision:
+                self._abandon_trunk()
             for m, t in modes:
                 m.training = t
 
@@ -360,8 +490,24 @@ class LayerCut(ModelCut):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if hook is not None:
+        for h in self._root_handles:
+            h.remove()
+        self._root_handles = []
+        self._abandon_trunk()
+        if hook is None:
+            return
+        if not self.precision_active:
             self._handle = self.module.register_forward_hook(lambda module, inputs, output: hook(output))
+            return
+        # autocast / channels_last from the model's input to the cut (the module docstring)
+        self._handle = self.module.register_forward_hook(
+            lambda module, inputs, output: hook(self._leave_trunk(output)))
+        self._root_handles = [
+            self.model.register_forward_pre_hook(lambda m, args: (self._enter_trunk(args[0]), *args[1:])
+                                                 if args else None),
+            # a forward that fails before the cut must not leave autocast on
+            self.model.register_forward_hook(lambda m, args, out: self._abandon_trunk(), always_call=True),
+        ]
 
     def freeze(self) -> None:
         """No gradients before the cut, and eval mode there whoever calls ``model.train()``.

@@ -29,9 +29,13 @@ def iterate_batches(strategy: Any, dataset: Any = None, desc: Optional[str] = No
 
     Batches hold ``eval_mb_size`` items (else ``train_mb_size``, else 32); no shuffling, no workers.
     With ``desc``, a transient tqdm bar shows the pass (on a terminal only: tqdm's ``disable=None``).
+    uint8 frame-cache batches are normalised on the device as the strategy's own loop does
+    (its ``DeviceTransformPlugin``), since these passes feed the trunk outside that loop.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
+
+    from streamcl.benchmarks.device_transforms import maybe_normalize
 
     ds = experience_dataset(strategy, dataset)
     mb = int(getattr(strategy, "eval_mb_size", None) or getattr(strategy, "train_mb_size", 32) or 32)
@@ -39,7 +43,7 @@ def iterate_batches(strategy: Any, dataset: Any = None, desc: Optional[str] = No
     if desc is not None:
         loader = tqdm(loader, desc=desc, unit="batch", leave=False, disable=None)
     for batch in loader:
-        yield batch[0].to(strategy.device), batch[1].to(strategy.device)
+        yield maybe_normalize(batch[0].to(strategy.device), strategy), batch[1].to(strategy.device)
 
 
 def dataset_targets(ds: Any) -> Optional[Tensor]:

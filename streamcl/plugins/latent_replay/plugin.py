@@ -43,11 +43,12 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from streamcl import distributed
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
 from streamcl.models.codec import Codec
 from streamcl.plugins.latent_replay.budget import MemorySpec, parse_memory
 from streamcl.plugins.latent_replay.code_buffer import CodeBuffer
-from streamcl.plugins.latent_replay.cut import ModelCut, resolve_cut
+from streamcl.plugins.latent_replay.cut import ModelCut, amp_dtype, resolve_cut
 from streamcl.plugins.latent_replay.feature_augment import augment_features, mixup_loss
 from streamcl.plugins.latent_replay.passes import dataset_targets, experience_dataset, iterate_batches
 from streamcl.plugins.latent_replay.penalties import add_parameter_penalties, parameter_penalty_plugins
@@ -69,7 +70,7 @@ def _optimizer_like(template: torch.optim.Optimizer, params: List[nn.Parameter],
         return torch.optim.SGD(params, lr=float(hyper.get("lr", 1e-3)))
 
 
-class LatentReplayPlugin(SupervisedPlugin):
+class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
     """Compressed latent replay on a model cut in two: the shared CRUMB/REMIND machinery.
 
     The model is a :class:`~streamcl.models.SplitNet`, or any ``nn.Module`` cut at
@@ -128,6 +129,12 @@ class LatentReplayPlugin(SupervisedPlugin):
         :class:`~streamcl.models.SplitNet`; everything the layer's output is computed from is
         frozen, replayed items go through the layers after it only (see
         :mod:`streamcl.plugins.latent_replay.cut`). ``None``: the model must be a SplitNet.
+    :param amp: mixed precision of the frozen part's forward: ``"bf16"`` or ``"fp16"``
+        (``torch.autocast`` on the input's device type, around the layers before the cut only;
+        the features are cast back to float32 before the codec, the buffer and the head), or
+        ``None`` (float32, bit-identical to no switch).
+    :param channels_last: run the frozen part in ``channels_last`` memory layout (its 4-D
+        weights and the input batch); the features leave the cut contiguous.
     """
 
     # The YAML validator calls these on the raw values, so a bad budget fails at load time.
@@ -161,8 +168,13 @@ class LatentReplayPlugin(SupervisedPlugin):
         buffer_device: str = "cpu",
         seed: int = 0,
         latent_layer: Optional[str] = None,
+        amp: Optional[Literal["bf16", "fp16"]] = None,
+        channels_last: bool = False,
     ):
         super().__init__()
+        self._amp_dtype = amp_dtype(amp, type(self).__name__)
+        if not isinstance(channels_last, bool):
+            raise ConfigError(f"channels_last must be true or false, got {channels_last!r}", key="channels_last")
         self._check_choice("replay", replay, ("separate", "joint", "none"))
         self._check_choice("replay_sampling", replay_sampling, ("absent_classes", "uniform"))
         self._check_choice("train_path", train_path, ("reconstructed", "direct", "both"))
@@ -200,6 +212,8 @@ class LatentReplayPlugin(SupervisedPlugin):
         self.buffer_device = buffer_device
         self.seed = int(seed)
         self.latent_layer = latent_layer
+        self.amp = amp
+        self.channels_last = channels_last
 
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
@@ -233,6 +247,8 @@ class LatentReplayPlugin(SupervisedPlugin):
         """The cut of ``model`` (at ``latent_layer``, or a SplitNet's own), built once per model."""
         if self._cut is None or self._cut.model is not model:
             self._cut = resolve_cut(model, self.latent_layer, type(self).__name__)
+            if self._amp_dtype is not None or self.channels_last:
+                self._cut.set_precision(self._amp_dtype, self.channels_last)
         return self._cut
 
     def set_codec(self, codec: Codec) -> None:
@@ -313,6 +329,7 @@ class LatentReplayPlugin(SupervisedPlugin):
     def clamp_gradients(self, strategy: Any) -> None:
         if self.grad_clamp is None:
             return
+        distributed.sync_gradients(self._trainable_params(strategy))  # torchrun: clamp the averaged gradient
         for p in self._trainable_params(strategy):
             if p.grad is not None:
                 p.grad.data.clamp_(-self.grad_clamp, self.grad_clamp)
@@ -373,6 +390,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         """Codes and labels to replay for this step, or None."""
         if self.replay == "none" or self.buffer is None or len(self.buffer) == 0:
             return None
+        batch_labels = distributed.gather_in_stream_order(batch_labels)  # torchrun: the global batch decides
         if self.replay_sampling == "absent_classes":
             classes = self.replay_classes(batch_labels)
             if not classes:
@@ -412,6 +430,8 @@ class LatentReplayPlugin(SupervisedPlugin):
     def store_codes(self, codes: Tensor, labels: Tensor) -> None:
         """Offer codes to the buffer (policy decides)."""
         if self.buffer is not None:
+            if getattr(self, "_in_iteration", False):  # torchrun: every rank adds all ranks' items, in stream order
+                codes, labels = (distributed.gather_in_stream_order(t.detach()) for t in (codes, labels))
             self.buffer.add(codes.detach(), labels.detach())
 
     def fit_codec(self, strategy: Any, dataset: Any = None) -> None:
@@ -485,7 +505,8 @@ class LatentReplayPlugin(SupervisedPlugin):
         codec = self.codec
         fd = f.detach()
         if not codec.is_fitted and self.fit_codec_on == "first_batch":  # type: ignore[union-attr]
-            codec.fit(fd)  # type: ignore[union-attr]
+            codec.fit(distributed.gather_in_stream_order(fd))  # type: ignore[union-attr]  # torchrun: all ranks' batch
+            distributed.broadcast_module(codec)  # type: ignore[arg-type]  # ... and rank 0's result, to be sure
         self._feats = fd
         need_codes = self.train_path != "direct" or self.store in ("stream", "last_pass")
         self._codes = self.encode(fd) if need_codes and codec.is_fitted else None  # type: ignore[union-attr]
@@ -529,7 +550,8 @@ class LatentReplayPlugin(SupervisedPlugin):
                 p.requires_grad_(False)
 
     def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self._observe_classes(torch.unique(strategy.mb_y).tolist())
+        self._in_iteration = True  # torchrun: codes stored from here on are gathered from every rank
+        self._observe_classes(torch.unique(distributed.gather_in_stream_order(strategy.mb_y)).tolist())
 
     def before_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         cut = self.model_cut(strategy.model)
@@ -538,8 +560,8 @@ class LatentReplayPlugin(SupervisedPlugin):
         self._replay_logits = None
         if self.replay == "joint" and self.codec is not None and self.buffer is not None:
             sample = self.sample_replay(strategy, strategy.mb_y)
-            if sample is not None:
-                self._joint = self.replay_features(sample[0], sample[1], strategy.device)
+            if sample is not None:  # torchrun: the same draw on every rank, each trains on its share
+                self._joint = distributed.shard(*self.replay_features(sample[0], sample[1], strategy.device))
         self._strategy = strategy
         cut.set_hook(self._train_hook)
 
@@ -600,7 +622,7 @@ class LatentReplayPlugin(SupervisedPlugin):
             return None
         strategy.optimizer.zero_grad()
         self._codec_zero_grad()
-        feats, ya, yb, lam = self.replay_features(sample[0], sample[1], strategy.device)
+        feats, ya, yb, lam = distributed.shard(*self.replay_features(sample[0], sample[1], strategy.device))
         logits = self.head(strategy, feats)
         if self.mask_logits:
             logits = self.mask(logits)
@@ -629,6 +651,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         self._codes = None
         self._joint = None
         self._replay_logits = None
+        self._in_iteration = False
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         if self.store == "experience":
@@ -644,6 +667,8 @@ class LatentReplayPlugin(SupervisedPlugin):
         """``store="last_pass"``: keep the codes the policy would select, to admit after the experience."""
         if self.buffer is None:
             return
+        # torchrun: every rank stages all ranks' items, in stream order
+        codes, labels = (distributed.gather_in_stream_order(t.detach()) for t in (codes, labels))
         policy = self.buffer.policy
         keep = policy.select(labels) if hasattr(policy, "select") else torch.ones_like(labels, dtype=torch.bool)
         if bool(keep.any()):
