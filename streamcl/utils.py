@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -78,12 +79,26 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A temporary name of its own: two processes writing the same file (a cell's config.yaml, written by
+    # whichever of its runs starts first) must not rename each other's temporary file away.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask (mkstemp creates 0600 files; results files get the usual permissions)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_temp_files(folder: Union[str, Path]) -> None:

@@ -82,15 +82,17 @@ def sequential(tmp_path_factory, synthetic_root) -> Path:
 
 def test_submitit_local_executor_matches_sequential(tmp_path, synthetic_root, sequential, capsys):
     pytest.importorskip("submitit")
-    # array_parallelism 3 < 4 units: the local executor (which has no array throttle) gets one job at a time
-    # as slots free up, like sbatch --array=0-3%3.
+    # The local executor: array_parallelism 2 worker processes share the 4 units through their locks.
     path = write_experiment(tmp_path, synthetic_root,
-                            {"name": "slurm", "executor": "local", "array_parallelism": 3, "time": 10})
+                            {"name": "slurm", "executor": "local", "array_parallelism": 2, "time": 10})
     root = run_experiment(load_experiment(path), progress=True)
     assert_same_grid(sequential, root)
     out = capsys.readouterr().out
-    assert out.count("] finished (") == 4, out  # every unit ran once, in its own job
-    assert len(list((root / ".slurm").glob("*_log.err"))) == 4  # one log pair per task
+    assert out.count("] finished (") == 4, out  # every unit ran once
+    logs = list((root / ".slurm").glob("*_log.out"))
+    assert len(logs) == 2  # one log pair per worker job
+    trained = [line for log in logs for line in log.read_text().splitlines() if "experience 1/" in line]
+    assert len(trained) == 4 and len(set(trained)) == 4, trained  # each unit's first experience once, in total
     # Submitted again (debug executor: in this process, cheap): finished units are not submitted at all,
     # and a unit without its summary (its checkpoint holds every experience) is the only job.
     exp = load_experiment(path, ["launcher.executor=debug"])

@@ -297,3 +297,38 @@ def test_pretrain_cache_features_from_yaml(tmp_path, synthetic_root, capsys):
     assert meta["final_loss"] is not None
     with pytest.raises(ConfigError, match="cache_features"):
         load_experiment(path, ["pretrain.train_trunk=true"])
+
+
+def test_atomic_writes_of_one_file_from_two_writers_do_not_collide(tmp_path):
+    """Two runs of one cell, in two processes, both write the cell's config.yaml (seen with two `streamcl run`)."""
+    import threading
+
+    from streamcl.utils import atomic_write_text
+
+    target = tmp_path / "config.yaml"
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(200):
+                atomic_write_text(target, text)
+        except OSError as e:  # before the fix: the other writer renamed the shared "config.yaml.tmp" away
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in ("a: 1\n", "a: 1\n")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text() == "a: 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no temporary file left
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_current_umask())
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

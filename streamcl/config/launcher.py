@@ -46,7 +46,7 @@ LAUNCHER_KEYS: Dict[str, Dict[str, Any]] = {
         "tasks_per_node": (int, 1),  # > 1: torchrun-style data parallel inside one unit (one task per GPU)
         "mem": (Optional[str], None),  # e.g. 32G
         "time": (int, 60),  # minutes
-        "array_parallelism": (int, 256),
+        "array_parallelism": (int, 256),  # array tasks at once (sbatch --array=...%N); executor local: workers
         "max_requeues": (int, 3),  # submitit's max_num_timeout: requeues after preemption / time-out
         "sbatch": (Dict[str, Any], {}),  # extra sbatch parameters (submitit's slurm_additional_parameters)
         "setup": (list, []),  # shell lines run before the unit (module load ..., source venv)

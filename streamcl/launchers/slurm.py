@@ -15,16 +15,15 @@ every experience) and resumes from it: at most one experience is trained again.
 
 ``executor: local`` / ``debug`` use submitit's local executors (subprocesses on this machine /
 this process), for tests and for trying a configuration before a cluster; they wait for the
-units. submitit's LocalExecutor has no array throttle (it starts every job at once and knows
-no ``array_parallelism``), so with it this launcher keeps at most ``array_parallelism`` jobs
-running, submitting the next one when one ends.
+units. With ``local``, ``array_parallelism`` worker processes share the units through their
+locks (:class:`WorkerLoop`) instead of one process per unit: a fresh process spends seconds
+importing torch and Avalanche, more than a small unit takes.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -163,8 +162,8 @@ def launch(exp: Experiment, units: Sequence[Unit], worker: Any) -> bool:
     # On a cluster the last task writes the summary (the submitter may be gone); here the submitter does.
     job_fn = UnitJob(worker, cfg["cpus_per_task"], write_summary=on_cluster)
 
-    if not on_cluster and cfg["executor"] == "local" and cfg["array_parallelism"] < len(units):
-        return _run_throttled(executor, job_fn, exp, units, cfg["array_parallelism"], progress)
+    if cfg["executor"] == "local":
+        return _run_workers(executor, exp, units, worker, cfg["cpus_per_task"], cfg["array_parallelism"], progress)
     jobs = executor.map_array(job_fn, [exp] * len(units), units)  # one array (sbatch --array)
     if on_cluster and not cfg["wait"]:
         array_id = str(jobs[0].job_id).split("_")[0]
@@ -182,28 +181,82 @@ def launch(exp: Experiment, units: Sequence[Unit], worker: Any) -> bool:
     return True
 
 
-def _run_throttled(executor: Any, job_fn: UnitJob, exp: Experiment, units: List[Unit], parallelism: int,
-                   progress: bool) -> bool:
-    """Local executor: at most ``parallelism`` jobs at once (what ``--array=...%N`` does on SLURM)."""
+class WorkerLoop:
+    """``executor: local``: one of ``array_parallelism`` worker processes that share the units through their locks.
+
+    submitit's local executor starts a fresh Python process per job, and importing torch and
+    Avalanche there costs seconds (about 7 s on 2 cores): a process per unit would cost more
+    than a small unit. So on one machine each job is a worker, as concurrent ``streamcl run``
+    processes are: it runs every unit nobody holds, starting at its own offset, then waits for
+    (and finds finished) those others held. On a cluster each unit stays one array task, with its
+    own resources, log and requeue. Returns ``([(unit, state)], error or None)``.
+    """
+
+    def __init__(self, worker: Any, threads: int, offset: int):
+        self.worker = worker
+        self.threads = threads
+        self.offset = offset
+
+    def __call__(self, exp: Experiment, units: Sequence[Unit]) -> Tuple[List[Tuple[Unit, str]], Any]:
+        units = list(units)
+        order = units[self.offset:] + units[:self.offset]
+        done: List[Tuple[Unit, str]] = []
+        busy: List[Unit] = []
+        try:
+            prepare_worker(exp)
+            for unit in order:
+                state = self.worker(exp, unit, wait=False, threads=self.threads)
+                if state == "busy":
+                    busy.append(unit)
+                else:
+                    done.append((unit, state))
+            for unit in busy:
+                done.append((unit, self.worker(exp, unit, wait=True, threads=self.threads)))
+        except StreamclError as e:
+            print(f"streamcl: error: {e}", file=sys.stderr, flush=True)
+            return done, e
+        except KeyboardInterrupt as e:  # the worker's stop_after (tests)
+            return done, str(e) or "interrupted"
+        return done, None
+
+
+def _run_workers(executor: Any, exp: Experiment, units: List[Unit], worker: Any, threads: int, parallelism: int,
+                 progress: bool) -> bool:
+    """``executor: local``: ``parallelism`` :class:`WorkerLoop` jobs over all the units; raises what they met."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    n = max(1, min(parallelism, len(units)))
     if progress:
-        print(f"Running {len(units)} unit(s) with submitit's local executor, {parallelism} at a time", flush=True)
-    outcome = _Outcome(len(units), progress)
-    queue = list(units)
-    running: List[Tuple[Unit, Any]] = []
-    while queue or running:
-        while queue and len(running) < parallelism and outcome.user_error is None and outcome.interrupted is None:
-            unit = queue.pop(0)
-            running.append((unit, executor.submit(job_fn, exp, unit)))
-        if not running:
-            break
-        ended = [(u, j) for u, j in running if j.done()]
-        if not ended:
-            time.sleep(0.1)  # LocalJob.done() polls the job's process: cheap
+        print(f"Running {len(units)} unit(s) in {n} worker process(es) of submitit's local executor", flush=True)
+    jobs = [executor.submit(WorkerLoop(worker, threads, k * len(units) // n), exp, units) for k in range(n)]
+    ran: List[Unit] = []
+    user_error, interrupted, failed = None, None, []
+    for job in jobs:
+        try:
+            states, err = job.result()
+        except (FailedJobError, UncompletedJobError) as e:
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            failed.append(f"worker job {job.job_id} failed ({lines[-1].strip() if lines else type(e).__name__}); "
+                          f"see {job.paths.stderr}")
+            print(failed[-1], file=sys.stderr, flush=True)
             continue
-        for item in ended:
-            running.remove(item)
-            outcome.collect(*item)
-    outcome.raise_if_failed()
+        for unit, state in states:
+            if state == "ran" and unit not in ran:
+                ran.append(unit)
+                if progress:
+                    print(f"[{unit.cell} run{unit.run}] finished ({len(ran)}/{len(units)} units)", flush=True)
+        if isinstance(err, StreamclError):
+            user_error = user_error or err
+        elif err is not None:
+            interrupted = interrupted or err
+    if user_error is not None:
+        raise user_error
+    if interrupted is not None:
+        raise KeyboardInterrupt(interrupted)
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise StreamclError(f"{failed[0]}{more}; fix the cause and rerun: finished units are skipped, the others "
+                            "resume from their checkpoints")
     return True
 
 
