@@ -107,9 +107,9 @@ class CRUMBPretraining(SupervisedTemplate):
                  seed: Optional[int] = None, evaluator: Any = None, plugins: Optional[List[Any]] = None,
                  input_transform: Optional[Callable[[Tensor], Tensor]] = None):
         super().__init__(
-            model=_TwoPaths(cut, codec, features, direct_loss, input_transform), optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-            train_mb_size=mb_size, train_epochs=int(epochs), device=device, plugins=plugins,
-            evaluator=evaluator if evaluator is not None else evaluation_plugin(), eval_every=-1,
+            model=_TwoPaths(cut, codec, features, direct_loss, input_transform), optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(), train_mb_size=mb_size, train_epochs=int(epochs), device=device,
+            plugins=plugins, evaluator=evaluator if evaluator is not None else evaluation_plugin(), eval_every=-1,
         )
         self._data = data
         self._params = params
