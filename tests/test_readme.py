@@ -214,7 +214,7 @@ def finished_demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     work = clone(tmp)
     proc = run("streamcl run experiments/demo.yaml -q -o runs=[0] -o threads=1 -o pretrain.epochs=1 "
-               "-o methods={naive: {}, crumb: {plugins: [{name: crumb, memory: 40, n_blocks: 32, block_dim: 8}]}}",
+               "-o 'methods={naive: {}, crumb: {plugins: [{name: crumb, memory: 40, n_blocks: 32, block_dim: 8}]}}'",
                work, tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return work, tmp
