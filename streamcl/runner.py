@@ -531,6 +531,10 @@ class UnitWorker:
         return run_unit(exp, unit, progress=self.progress, verbose=self.verbose, threads=threads or self.threads,
                         stop_after=self.stop_after, wait=wait)
 
+    def prepare(self, exp: Experiment) -> None:
+        """The experiment's ``pretrain:`` phase, once (an array task on a cluster calls this before its unit)."""
+        ensure_pretrained(exp, progress=self.progress, threads=self.threads)
+
     def finish(self, exp: Experiment) -> bool:
         """Write the summary tables if every unit of ``exp`` has finished (what the last unit to finish does)."""
         return write_summary_if_complete(exp)
@@ -618,7 +622,9 @@ def run_experiment(
 
     try:
         distributed.on_main(check)
-        ensure_pretrained(exp, restart=restart, progress=progress, threads=threads)
+        la = exp.launcher
+        if not (la["name"] == "slurm" and la["executor"] == "slurm"):  # on SLURM the first array task does it,
+            ensure_pretrained(exp, restart=restart, progress=progress, threads=threads)  # not the login node
         if exp.launcher["name"] != "local":  # a finished unit costs a remote process for nothing
             units = [u for u in units if not _finished(root / u.cell / f"run{u.run}", _cell(exp, u.cell).config)]
         done = launch(exp, units, UnitWorker(progress, verbose, threads, stop_after))

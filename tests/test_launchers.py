@@ -21,6 +21,8 @@ from streamcl.errors import CheckpointError, StreamclError
 from streamcl.runner import UnitWorker, read_metrics, run_experiment
 from streamcl.units import Unit
 
+REPO = Path(__file__).resolve().parents[1]
+
 NONDETERMINISTIC = ("Time", "RAM", "CPU")  # metric names measured on the machine, not computed
 UNITS = [Unit(c, r) for c in ("naive", "replay") for r in (0, 1)]
 
@@ -210,3 +212,21 @@ def test_launcher_section_is_checked(tmp_path, synthetic_root):
     path = write_experiment(tmp_path, synthetic_root, {"name": "ray", "workers": 0})
     with pytest.raises(ConfigError, match="workers"):
         load_experiment(path)
+
+
+def test_cluster_task_pretrains_before_its_unit(tmp_path, monkeypatch):
+    """On SLURM the submitting (login) node does not pretrain: the first array task does, under the pretrain lock."""
+    from streamcl.launchers.slurm import UnitJob
+
+    monkeypatch.setenv("STREAMCL_DATA", str(tmp_path / "data"))
+    exp = load_experiment(REPO / "experiments" / "demo.yaml", [
+        f"output_dir={tmp_path / 'runs'}", "runs=[0]", "threads=1", "pretrain.epochs=1",
+        "methods={crumb: {plugins: [{name: crumb, memory: 40, n_blocks: 32, block_dim: 8}]}}",
+        "launcher={name: slurm, executor: slurm}",
+    ])
+    pretrained = exp.root / "pretrain" / "crumb.pt"
+    assert not pretrained.exists()
+    state = UnitJob(UnitWorker(progress=False), 1, write_summary=True)(exp, Unit("crumb", 0))
+    assert state == ("ran", None)
+    assert pretrained.exists() and (exp.root / "crumb" / "run0" / "summary.json").exists()
+    assert (exp.root / "summary.csv").exists()  # the last (only) unit wrote the tables

@@ -94,6 +94,8 @@ class UnitJob:
         try:
             _join_ranks()
             prepare_worker(exp)
+            if self.write_summary:  # on a cluster: pretraining runs in the first task, not on the login node
+                self.worker.prepare(exp)
             state = self.worker(exp, unit, wait=True, threads=self.threads)
             if self.write_summary and distributed.is_main_process():
                 self.worker.finish(exp)
