@@ -29,16 +29,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if units is not None:
             print(f"selected {len(units)} unit(s): " + ", ".join(f"{u.cell} run{u.run}" for u in units))
         return 0
+    from streamcl.distributed import is_main_process
+    from streamcl.launchers import returns_before_done
     from streamcl.runner import run_experiment
 
     root = run_experiment(exp, restart=args.restart, progress=not args.quiet, verbose=args.verbose, units=units)
-    from streamcl.distributed import is_main_process
-
     if not is_main_process():  # under torchrun: rank 0 prints the results
         return 0
-    la = exp.launcher
-    if la["name"] == "slurm" and la.get("executor") == "slurm" and not la.get("wait"):
-        # submitted: the last unit to finish writes the summary
+    if returns_before_done(exp):  # submitted: the last unit to finish writes the summary
         print(f"\nSubmitted; follow it with: streamcl status {root}")
         return 0
     print(f"\nResults: {root}\n")

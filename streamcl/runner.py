@@ -282,7 +282,7 @@ class Run:
         # Clip-ordered protocols (class_instance, instance) must see consecutive frames.
         shuffle = bool(getattr(getattr(scenario, "streamcl_info", None), "train_shuffle", True))
         # On a GPU Avalanche already pins batches and copies them with non_blocking=True; keep its loader
-        # workers alive between experiences too (with a frame cache they only copy bytes).
+        # workers alive across an experience's epochs (Avalanche builds a new loader per experience).
         on_gpu = self.context.device.type == "cuda"
         loader_kwargs = {"persistent_workers": True} if on_gpu and workers > 0 else {}
         try:
@@ -598,7 +598,7 @@ def run_experiment(
     With a launcher that returns before the units finish (SLURM without ``wait``), the
     summary is written by whichever unit finishes last; ``streamcl status`` shows progress.
     """
-    from streamcl.launchers import launch
+    from streamcl.launchers import launch, on_cluster
 
     root = exp.root
     units = list(all_units(exp) if units is None else units)
@@ -622,9 +622,8 @@ def run_experiment(
 
     try:
         distributed.on_main(check)
-        la = exp.launcher
-        if not (la["name"] == "slurm" and la["executor"] == "slurm"):  # on SLURM the first array task does it,
-            ensure_pretrained(exp, restart=restart, progress=progress, threads=threads)  # not the login node
+        if not on_cluster(exp):  # on a cluster the first job pretrains (UnitWorker.prepare), not the login node
+            ensure_pretrained(exp, restart=restart, progress=progress, threads=threads)
         if exp.launcher["name"] != "local":  # a finished unit costs a remote process for nothing
             units = [u for u in units if not _finished(root / u.cell / f"run{u.run}", _cell(exp, u.cell).config)]
         done = launch(exp, units, UnitWorker(progress, verbose, threads, stop_after))

@@ -23,7 +23,18 @@ from typing import Any, Sequence
 from streamcl.config import Experiment
 from streamcl.units import Unit
 
-__all__ = ["launch"]
+__all__ = ["launch", "on_cluster", "returns_before_done"]
+
+
+def on_cluster(exp: Experiment) -> bool:
+    """True when the units run as cluster jobs (SLURM), not on the submitting machine (a login node)."""
+    la = exp.launcher
+    return la["name"] == "slurm" and la.get("executor") == "slurm"
+
+
+def returns_before_done(exp: Experiment) -> bool:
+    """True when :func:`launch` returns once the units are submitted (SLURM without ``wait``)."""
+    return on_cluster(exp) and not exp.launcher.get("wait")
 
 
 def launch(exp: Experiment, units: Sequence[Unit], worker: Any) -> bool:
