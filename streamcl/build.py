@@ -39,6 +39,8 @@ def resolve_device(name: Union[str, List[int]]) -> torch.device:
     multi-GPU data parallel (one process per id under torchrun); a single process uses
     the first id. Under torchrun (:mod:`streamcl.distributed`) each process takes its own device
     instead: its ``LOCAL_RANK``'s GPU (NCCL), or the CPU (gloo; also when ``device: cpu``).
+    A ``cuda:N`` device also becomes the process's current CUDA device, so that what works on the
+    current device (faiss-gpu's searches, CUDA streams and synchronisation) works on that GPU.
     """
     from streamcl import distributed
 
@@ -56,6 +58,7 @@ def resolve_device(name: Union[str, List[int]]) -> torch.device:
         if index >= torch.cuda.device_count():
             raise StreamclError(f"device: {name} names GPU {index}, but this machine has "
                                 f"{torch.cuda.device_count()} (ids 0..{torch.cuda.device_count() - 1})")
+        torch.cuda.set_device(index)
     return torch.device(name)
 
 

@@ -144,6 +144,36 @@ def test_device_normalize_options():
         plain(ref)
 
 
+def test_cpu_output_buffer_reused_only_when_unreferenced():
+    """The CPU normaliser writes into the previous batch's storage only once nothing holds that batch."""
+    norm = DeviceNormalize(IMAGENET_MEAN, IMAGENET_STD)
+    a, b = (torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(s))
+            for s in (0, 1))
+    ref_a, ref_b = (DeviceNormalize(IMAGENET_MEAN, IMAGENET_STD)(t).clone() for t in (a, b))
+    out = norm(a)
+    ptr = out.data_ptr()
+    for holder in (lambda t: t, lambda t: t[1:], lambda t: t.numpy(), lambda t: t.detach(),
+                   lambda t: (t * torch.ones(1, requires_grad=True)).sum()):  # last: an autograd graph saved it
+        kept = holder(out)
+        del out
+        out = norm(b)  # the held batch must not be overwritten
+        assert out.data_ptr() != ptr and torch.equal(out, ref_b)
+        third = norm(a)  # while two batches are alive: a third buffer
+        assert len({third.data_ptr(), out.data_ptr(), ptr}) == 3 and torch.equal(third, ref_a)
+        assert torch.equal(out, ref_b)
+        del kept, third
+        out = norm(a)
+        ptr = out.data_ptr()
+        assert torch.equal(out, ref_a)
+    held = out
+    del out
+    assert norm(b).data_ptr() != held.data_ptr() and torch.equal(held, ref_a)
+    del held
+    first = norm(a).data_ptr()
+    assert norm(b).data_ptr() == first  # released at once: the same storage again, no fresh pages
+    assert torch.equal(norm(b), ref_b)
+
+
 def test_plugin_and_out_of_loop_passes(cached, index):
     """The plugin normalises mbatch in place and hooks the model; latent-replay passes normalise too."""
     from types import SimpleNamespace

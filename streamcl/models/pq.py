@@ -233,7 +233,9 @@ class PQCodec(Codec):
         if self._wants_gpu(features):
             # k-means assignment on the GPU; centroids stay in the CPU quantiser.
             # (keep a Python reference: the quantiser does not own the index)
-            gpu_index = faiss.GpuIndexFlatL2(self._gpu_resources(), pq.dsub)
+            cfg = faiss.GpuIndexFlatConfig()
+            cfg.device = features.device.index if features.device.index is not None else torch.cuda.current_device()
+            gpu_index = faiss.GpuIndexFlatL2(self._gpu_resources(), pq.dsub, cfg)
             pq.assign_index = gpu_index
         try:
             pq.train(vectors.cpu().numpy())
@@ -294,8 +296,9 @@ class PQCodec(Codec):
             import faiss.contrib.torch_utils  # noqa: F401,PLC0415  (lets faiss take CUDA tensors)
 
             res = self._gpu_resources()
-            for j in range(m):
-                _, idx = self._faiss.knn_gpu(res, sub[:, j].contiguous(), cents[j].contiguous(), 1)
+            dev = vectors.device.index if vectors.device.index is not None else torch.cuda.current_device()
+            for j in range(m):  # on the tensors' GPU (faiss's default, -1, is the current device)
+                _, idx = self._faiss.knn_gpu(res, sub[:, j].contiguous(), cents[j].contiguous(), 1, device=dev)
                 codes[:, j] = idx[:, 0].to(torch.uint8)
             return codes
         # torch fallback: ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row.

@@ -35,7 +35,17 @@ METHODS = {
     "mas": {"plugins": [{"name": "mas", "lambda_reg": 0.5}]},
     "lwf": {"plugins": [{"name": "lwf", "alpha": 1.0, "temperature": 2.0}]},
     "schedule": {"strategy": {"scheduler": {"name": "step", "step_size": 1, "gamma": 0.5}}},
+    # The two strategies with exemplar memories: WA on the small CNN's class-indexed head, DyTox on its own model.
+    "wa": {"strategy": {"name": "wa", "memory": 24, "temperature": 2.0}},
+    "dytox": {"strategy": {"name": "dytox", "memory": 24, "warmup_epochs": 0, "finetune_epochs": 1,
+                           "finetune_lr": 0.005}},
+    # Replay fed by the decoded-frame cache (uint8 batches normalised by the DeviceTransformPlugin).
+    "cache": {"plugins": [{"name": "replay", "memory": {"bytes": "40KB"}}]},
 }
+# What a method changes outside its cell (cells hold strategy and plugins; model and benchmark are the experiment's).
+MODEL = {"dytox": {"name": "dytox", "img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2,
+                   "drop_path_rate": 0.0}}
+BENCHMARK = {"cache": {"cache": True}}
 
 
 def write_experiment(folder: Path, data_root: Path, method: str, *, pretrain: bool = False) -> Path:
@@ -46,13 +56,14 @@ def write_experiment(folder: Path, data_root: Path, method: str, *, pretrain: bo
         "threads": 1,
         "benchmark": {"name": "synthetic", "root": str(data_root), "layout": "toybox", "n_classes": 6,
                       "n_objects": 2, "image_size": 32, "protocol": "class_iid"},
-        "model": {"name": "small_cnn_cut", "width": 8},
+        "model": MODEL.get(method, {"name": "small_cnn_cut", "width": 8}),
         "strategy": {"name": "naive", "train_mb_size": 16, "train_epochs": 1, "first_experience_epochs": 2,
                      "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
         "evaluation": {"metrics": ["accuracy", "loss", "forgetting", "replay_bytes", "timing"],
                        "loggers": ["tensorboard", "csv"]},
         "methods": {method: METHODS[method]},
     }
+    doc["benchmark"].update(BENCHMARK.get(method, {}))
     if pretrain:
         doc["pretrain"] = {
             "benchmark": {"name": "synthetic", "root": str(data_root), "layout": "toybox", "n_classes": 4,
