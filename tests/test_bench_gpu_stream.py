@@ -83,3 +83,24 @@ def test_bad_precision_spec_is_refused():
     assert bench.parse_precision("bf16+cl") == ("bf16", True)
     with pytest.raises(SystemExit, match="bad precision"):
         bench.parse_precision("fp8")
+
+
+def test_check_amp_reports_agreement_and_flags_chance_accuracy(tmp_path, capsys):
+    """--check-amp: code agreement per precision, and an at-chance accuracy (random trunk) is said, not compared."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "squeezenet.pt"  # a state_dict file, as --weights takes one (random here: no network)
+    torch.save(torchvision.models.squeezenet1_0(weights=None).state_dict(), weights)
+    res = load_bench().main(["--device", "cpu", "--threads", "1", "--check-amp", "--image-size", "64",
+                             "--check-images", "60", "--check-epochs", "1", "--amps", "fp32,bf16",
+                             "--pq-niter", "2", "--weights", str(weights), "--json", str(tmp_path / "amp.json")])
+    out = res["amp_check"]
+    r = out["bf16"]
+    assert 0 < r["crumb_code_agreement"] <= 1 and 0 < r["remind_code_agreement"] <= 1
+    assert r["feature_relative_error"] > 0  # bf16 did change the features
+    assert out["checks"]["CRUMB codes identical (bf16)"]["verdict"] in ("PASS", "FAIL")
+    assert out["accuracy_informative"] == {"crumb": False, "remind": False}
+    assert "compare nothing" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "amp.json").read_text())["amp_check"]
+    assert saved["accuracy_informative"] == out["accuracy_informative"]
