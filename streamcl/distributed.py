@@ -111,12 +111,37 @@ def init_from_env(use_cuda: Optional[bool] = None) -> bool:
         return True
     helper = _helper()
     cuda = torch.cuda.is_available() if use_cuda is None else bool(use_cuda and torch.cuda.is_available())
-    # Avalanche picks the GPU by global rank; on several nodes the local rank is the one that exists here.
     if cuda and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    use_local_rank_gpu(helper, int(os.environ.get("LOCAL_RANK", "0")))
     helper.init_distributed(random_seed=0, backend="nccl" if cuda else "gloo", use_cuda=cuda)
     atexit.register(_shutdown)
     return True
+
+
+def use_local_rank_gpu(helper: Any, local_rank: int) -> None:
+    """Make Avalanche's helper put this process on GPU ``local_rank``, not on GPU <global rank>.
+
+    Avalanche 0.6's ``DistributedHelper.make_device`` / ``get_device_id`` take the global rank
+    as the GPU index: right on one node, but on a second node rank 8 names a GPU that does not
+    exist there, and ``init_distributed`` (which sets that device) and every collective (which
+    moves tensors to it) fail. The two methods are replaced on the helper instance; on one node
+    (local rank = rank) nothing changes.
+    """
+
+    def get_device_id() -> int:
+        return local_rank if helper.use_cuda else -1
+
+    def make_device(set_cuda_device: bool = False) -> torch.device:
+        if not helper.use_cuda:
+            return torch.device("cpu")
+        dev = torch.device("cuda", local_rank)
+        if set_cuda_device:
+            torch.cuda.set_device(dev)
+        return dev
+
+    helper.get_device_id = get_device_id
+    helper.make_device = make_device
 
 
 def _shutdown() -> None:

@@ -153,3 +153,22 @@ def test_gradient_sync_averages_once_over_ranks(tmp_path):
     for w0, w1, ref in zip(res[0]["weights"], res[1]["weights"], expected):
         assert torch.equal(w0, w1)
         assert torch.allclose(w0, ref, atol=1e-6)
+
+
+def test_helper_uses_the_local_rank_gpu_on_every_node():
+    """Avalanche's helper takes the global rank as the GPU index; on a second node that GPU does not exist."""
+    from avalanche.distributed.distributed_helper import _DistributedHelperCls
+
+    from streamcl.distributed import use_local_rank_gpu
+
+    class SecondNode(_DistributedHelperCls):  # rank 11 of 16: the 4th GPU of the second 8-GPU node
+        is_distributed = True
+        rank = 11
+
+    helper = SecondNode()  # not the process-wide helper, which stays untouched
+    helper.use_cuda = True
+    assert helper.get_device_id() == 11 and helper.make_device() == torch.device("cuda", 11)  # Avalanche's choice
+    use_local_rank_gpu(helper, 3)
+    assert helper.get_device_id() == 3 and helper.make_device() == torch.device("cuda", 3)
+    helper.use_cuda = False  # gloo on the CPU: no GPU at all
+    assert helper.get_device_id() == -1 and helper.make_device() == torch.device("cpu")
