@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def webdataset_loader(root: Path, shape: tuple, batch: int, shuffle: bool) -> An
     shards = sorted(str(p) for p in root.glob("*.tar"))
     ds = wds.WebDataset(shards, shardshuffle=False, empty_check=False)
     if shuffle:
-        ds = ds.shuffle(1000, rng=__import__("random").Random(0))
+        ds = ds.shuffle(1000, rng=random.Random(0))
     return torch.utils.data.DataLoader(ds.map(decode), batch_size=batch, num_workers=0)
 
 
@@ -119,10 +120,10 @@ def write_litdata(root: Path, npy: Path, labels: np.ndarray) -> Path:
 class _LitPairs(torch.utils.data.Dataset):
     """(uint8 tensor, label) items of a litdata StreamingDataset, by index."""
 
-    def __init__(self, root: Path, shuffle: bool = False):
+    def __init__(self, root: Path):
         from litdata import StreamingDataset
 
-        self.ds = StreamingDataset(str(root), shuffle=shuffle, seed=0)
+        self.ds = StreamingDataset(str(root))
 
     def __len__(self) -> int:
         return len(self.ds)
