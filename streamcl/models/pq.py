@@ -61,6 +61,11 @@ def import_faiss() -> Any:
     return faiss
 
 
+def _gpu_index(t: Tensor) -> int:
+    """The CUDA device index ``t`` lives on (``cuda`` without an index: the current device), for faiss-gpu calls."""
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
 def faiss_gpu_available(faiss: Any = None) -> bool:
     """True when the installed faiss is a GPU build that sees at least one GPU."""
     faiss = faiss or import_faiss()
@@ -234,7 +239,7 @@ class PQCodec(Codec):
             # k-means assignment on the GPU; centroids stay in the CPU quantiser.
             # (keep a Python reference: the quantiser does not own the index)
             cfg = faiss.GpuIndexFlatConfig()
-            cfg.device = features.device.index if features.device.index is not None else torch.cuda.current_device()
+            cfg.device = _gpu_index(features)
             gpu_index = faiss.GpuIndexFlatL2(self._gpu_resources(), pq.dsub, cfg)
             pq.assign_index = gpu_index
         try:
@@ -296,8 +301,8 @@ class PQCodec(Codec):
             import faiss.contrib.torch_utils  # noqa: F401,PLC0415  (lets faiss take CUDA tensors)
 
             res = self._gpu_resources()
-            dev = vectors.device.index if vectors.device.index is not None else torch.cuda.current_device()
-            for j in range(m):  # on the tensors' GPU (faiss's default, -1, is the current device)
+            dev = _gpu_index(vectors)  # faiss's default, -1, is the current device, not necessarily the tensors'
+            for j in range(m):
                 _, idx = self._faiss.knn_gpu(res, sub[:, j].contiguous(), cents[j].contiguous(), 1, device=dev)
                 codes[:, j] = idx[:, 0].to(torch.uint8)
             return codes
