@@ -392,3 +392,76 @@ def test_wa_composes_with_avalanche_plugins_in_both_orders(a, b):
         assert torch.allclose(ab, ba, atol=2e-2)
     else:
         assert torch.allclose(ab, ba, atol=1e-6), f"WA + {a} + {b} depends on the plugin order"
+
+
+# ------------------------------------------------------------------ the classifier's bias and gamma > 1 (issue #18)
+
+
+class _LastEpochSpy(SupervisedPlugin):
+    """Keeps the classifier as it is after the last optimiser step, right before WA aligns it."""
+
+    def __init__(self, shrink_new: float = 1.0):
+        super().__init__()
+        self.shrink_new = shrink_new
+        self.weight = self.bias = None
+
+    def after_training_epoch(self, strategy, **kw):
+        layer = strategy.classifier
+        if self.shrink_new != 1.0 and strategy.old_classes:
+            with torch.no_grad():  # make the new rows the smaller ones: gamma > 1
+                layer.weight[strategy.new_classes] *= self.shrink_new
+        self.weight = layer.weight.detach().clone()
+        self.bias = None if layer.bias is None else layer.bias.detach().clone()
+
+
+@pytest.mark.parametrize("mode", ["zero", "scale", "keep"])
+def test_classifier_bias_modes(mode):
+    bm = tensor_stream(n_exp=2)
+    torch.manual_seed(0)
+    model = tiny_net(bias=True)
+    spy = _LastEpochSpy()
+    wa = make_wa(model, classifier_bias=mode, max_gamma=None, plugins=[spy])
+    for exp in bm.train_stream:
+        wa.train(exp)
+    layer = wa.classifier  # the nn.Linear inside the growing head
+    gamma, b = wa.last_gamma, layer.bias.detach()
+    assert gamma is not None
+    assert torch.allclose(layer.weight[2:4], spy.weight[2:4] * gamma)
+    if mode == "zero":  # a bias-free head throughout: zero before training and after every step
+        assert torch.count_nonzero(spy.bias) == 0 and torch.count_nonzero(b) == 0
+    elif mode == "scale":  # new logits scaled by gamma: their bias entries too, the old ones untouched
+        assert torch.count_nonzero(spy.bias) > 0
+        assert torch.allclose(b[2:4], spy.bias[2:4] * gamma) and torch.equal(b[:2], spy.bias[:2])
+    else:
+        assert torch.count_nonzero(spy.bias) > 0 and torch.equal(b, spy.bias)
+
+
+def test_gamma_above_one_is_reported_once_and_skipped_by_default():
+    bm = tensor_stream(n_exp=3)
+    torch.manual_seed(0)
+    wa = make_wa(tiny_net(), epochs=1, plugins=[_LastEpochSpy(shrink_new=0.05)])
+    with pytest.warns(UserWarning, match="gamma = .* > 1") as caught:
+        for exp in bm.train_stream:
+            wa.train(exp)
+    assert len([w for w in caught if "WA: gamma" in str(w.message)]) == 1  # once per run, not per experience
+    assert wa.gamma_warned and wa.last_gamma is None  # max_gamma 1.0: not aligned
+    m = wa.evaluator.get_all_metrics()
+    assert m["WA_GammaAboveOne/train_phase/train_stream"][1][0] > 1.0
+    ratio = m["WA_NormRatio_AfterAlign/train_phase/train_stream"][1]
+    assert ratio == m["WA_NormRatio_BeforeAlign/train_phase/train_stream"][1]  # nothing was scaled
+    assert "gamma_warned" in wa.state_dict() and wa.state_dict()["gamma_warned"] is True
+
+    torch.manual_seed(0)  # max_gamma: null aligns whatever gamma is, as the reference code does
+    wa = make_wa(tiny_net(), epochs=1, max_gamma=None, plugins=[_LastEpochSpy(shrink_new=0.05)])
+    with pytest.warns(UserWarning, match="gamma"):
+        for exp in bm.train_stream[:2]:
+            wa.train(exp)
+    assert wa.last_gamma is not None and wa.last_gamma > 1.0
+
+
+@pytest.mark.parametrize("kw, key", [({"classifier_bias": "drop"}, "strategy.classifier_bias"),
+                                     ({"max_gamma": 0.0}, "strategy.max_gamma"),
+                                     ({"max_gamma": -1.0}, "strategy.max_gamma")])
+def test_bias_and_gamma_switches_reject_bad_values(kw, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        make_wa(tiny_net(), **kw)
