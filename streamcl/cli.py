@@ -83,9 +83,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.published:
+        from streamcl.references import published_references, published_table
+        from streamcl.tables import render, to_csv
+
+        table = published_table(published_references(args.published))
+        print(to_csv(table) if args.format == "csv" else render([table], args.format), end="")
+        return 0
+    if not args.run_dirs:
+        raise StreamclError("report: pass run folders (e.g. runs/demo), or --published YAML files or folders")
     from streamcl.report import make_report
 
-    out = make_report(args.run_dirs, args.out)
+    out = make_report(args.run_dirs, args.out, fmt=args.format, baseline=args.baseline)
+    if args.format != "csv":
+        print((out / ("report.tex" if args.format == "latex" else "report.md")).read_text(encoding="utf-8"))
     print(f"report written to {out}")
     return 0
 
@@ -133,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_status_parser(sub)
 
     rp = sub.add_parser("report", help="plots and tables from finished runs")
-    rp.add_argument("run_dirs", nargs="+", help="experiment, cell or run folders (e.g. runs/demo)")
+    rp.add_argument("run_dirs", nargs="*", help="experiment, cell or run folders (e.g. runs/demo)")
     rp.add_argument("--out", default=None, help="output folder (default: FIRST_RUN_DIR/report)")
+    rp.add_argument("--format", default="md", choices=("md", "latex", "csv"),
+                    help="tables as Markdown (report.md), LaTeX booktabs (report.tex) or CSV (report_*.csv)")
+    rp.add_argument("--baseline", default=None, metavar="CELL",
+                    help="paired differences of every cell against this one (default: every pair)")
+    rp.add_argument("--published", nargs="+", default=None, metavar="YAML",
+                    help="print the published targets of these experiment YAMLs (or folders of them); no runs needed")
     rp.set_defaults(func=_cmd_report)
     return p
 

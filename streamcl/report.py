@@ -1,28 +1,51 @@
 """Comparison tables and plots from finished runs (``metrics.csv`` + ``summary.json``).
 
-``write_summary(root)`` writes ``summary.csv`` / ``summary.md`` for one experiment
-(mean ± std over runs of final accuracy on all seen classes, stored bytes, wall
-time); ``make_report(paths, out)`` adds PNG plots: accuracy on seen classes after
-each experience (one line per cell, band = ± std over runs) and an accuracy
-matrix heatmap per cell.
+``write_summary(root)`` writes ``summary.csv`` / ``summary.md`` for one experiment (the table
+``streamcl run`` prints: final and average incremental accuracy, forgetting, bytes, wall time).
+``make_report(paths, out, fmt)`` recomputes the papers' metrics from every run's accuracy rows
+(:mod:`streamcl.paper_metrics`, so older run folders gain them), sets them against the YAML's
+published numbers (:mod:`streamcl.references`), compares cells run on the same class orders
+(:mod:`streamcl.stats`) and writes the tables as Markdown, LaTeX or CSV (:mod:`streamcl.tables`)
+with PNG plots: accuracy on seen classes per experience (published end points marked),
+forgetting per cell and an accuracy matrix per cell.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+import yaml
 
 from streamcl.errors import StreamclError
+from streamcl.paper_metrics import METRICS, run_metrics
+from streamcl.references import compare as compare_references
+from streamcl.references import comparison_table, read_reference, scale
 from streamcl.results import accuracy_per_experience, experience_accuracies, read_metrics, read_summary
+from streamcl.stats import Summary, format_ci, format_mean_std, paired_comparison, summarize
+from streamcl.tables import FORMATS, Table, render, to_csv
 from streamcl.utils import format_bytes
 
 PathLike = Union[str, Path]
-COLUMNS = ["cell", "runs", "final_accuracy_mean", "final_accuracy_std", "forgetting_mean", "stored_bytes",
-           "wall_time_s_mean", "wall_time_s_std"]
+COLUMNS = ["cell", "runs", "final_accuracy_mean", "final_accuracy_std", "final_accuracy_ci_low",
+           "final_accuracy_ci_high", "average_incremental_accuracy_mean", "average_incremental_accuracy_std",
+           "forgetting_mean", "bwt_mean", "stored_bytes", "wall_time_s_mean", "wall_time_s_std"]
+# Columns of the paper table shown only when some cell logged them (top-5, multi-head, an offline cell).
+OPTIONAL_METRICS = ("top5_final_accuracy", "top5_average_incremental_accuracy", "task_aware_final_accuracy",
+                    "task_aware_average_accuracy", "task_agnostic_final_accuracy", "omega_all")
+HEADINGS = {
+    "final_accuracy": "final accuracy", "average_incremental_accuracy": "avg incremental accuracy",
+    "forgetting": "forgetting", "bwt": "BWT", "top5_final_accuracy": "top-5 final",
+    "top5_average_incremental_accuracy": "top-5 avg incremental", "task_aware_final_accuracy": "task-aware final",
+    "task_aware_average_accuracy": "task-aware avg", "task_agnostic_final_accuracy": "task-agnostic final",
+    "omega_all": "Ω_all",
+}
+_RUN_DIR = re.compile(r"^run(\d+)$")
 
 
 def _mean_std(values: Sequence[float]) -> tuple:
@@ -76,22 +99,87 @@ def find_runs(paths: Sequence[PathLike]) -> Dict[str, List[Path]]:
     return groups
 
 
-def summary_table(groups: Dict[str, List[Path]]) -> List[Dict[str, object]]:
-    """One row per cell over its finished runs (those with ``summary.json``)."""
+@dataclass
+class CellRuns:
+    """A cell's finished runs: the papers' metrics per run id (fractions), summaries and the cell config."""
+
+    name: str
+    cell_dir: Path
+    config: Optional[Dict[str, Any]]
+    metrics: Dict[int, Dict[str, float]] = field(default_factory=dict)
+    summaries: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+    def values(self, metric: str) -> Dict[int, float]:
+        return {rid: m[metric] for rid, m in self.metrics.items()}
+
+    def summary(self, metric: str) -> Summary:
+        return summarize(self.values(metric).values())
+
+
+def _run_id(run_dir: Path) -> int:
+    m = _RUN_DIR.match(run_dir.name)
+    return int(m.group(1)) if m else -1
+
+
+def _cell_config(cell_dir: Path) -> Optional[Dict[str, Any]]:
+    path = cell_dir / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise StreamclError(f"{path}: unreadable cell config ({type(e).__name__}); rerun the experiment") from None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def collect(groups: Dict[str, List[Path]]) -> List[CellRuns]:
+    """Every cell's finished runs (those with ``summary.json``), metrics recomputed from ``metrics.csv``.
+
+    Ω_all needs the offline learner's run of the same id, in the cell named by the cell config's
+    ``evaluation.offline``; when that run is not there, Ω is n/a and the cell says so in a note.
+    """
+    cells = []
+    for name, run_dirs in groups.items():
+        cell_dir = run_dirs[0].parent.resolve()
+        cfg = _cell_config(cell_dir)
+        cell = CellRuns(name, cell_dir, cfg)
+        offline = ((cfg or {}).get("evaluation") or {}).get("offline")
+        for d in run_dirs:
+            if not (d / "summary.json").exists():
+                continue
+            rid = _run_id(d)
+            off = cell_dir.parent / str(offline) / d.name if offline else None
+            if off is not None and not (off / "summary.json").exists():
+                cell.notes.append(f"{name}: Ω_all n/a for {d.name}: the offline cell '{offline}' has no finished "
+                                  f"{d.name} ({off})")
+                off = None
+            cell.summaries[rid] = read_summary(d / "summary.json")
+            cell.metrics[rid] = run_metrics(d, off)
+        if cell.metrics:
+            cells.append(cell)
+    return cells
+
+
+def summary_table(groups: Dict[str, List[Path]], cells: Optional[List[CellRuns]] = None) -> List[Dict[str, object]]:
+    """One row per cell over its finished runs (those with ``summary.json``): the ``summary.csv`` columns."""
     rows = []
-    for cell, run_dirs in groups.items():
-        sums = [read_summary(d / "summary.json") for d in run_dirs if (d / "summary.json").exists()]
-        if not sums:
-            continue
-        acc = _mean_std([s["final_accuracy"] for s in sums])
+    for cell in cells if cells is not None else collect(groups):
+        sums = list(cell.summaries.values())
+        acc = cell.summary("final_accuracy")
+        aia = cell.summary("average_incremental_accuracy")
         wall = _mean_std([s["wall_time_s"] for s in sums])
-        fgt = _mean_std([s.get("forgetting") for s in sums])
         rows.append({
-            "cell": cell,
+            "cell": cell.name,
             "runs": len(sums),
-            "final_accuracy_mean": round(acc[0], 4),
-            "final_accuracy_std": round(acc[1], 4),
-            "forgetting_mean": round(fgt[0], 4),
+            "final_accuracy_mean": round(acc.mean, 4),
+            "final_accuracy_std": round(acc.std, 4),
+            "final_accuracy_ci_low": round(acc.ci_low, 4),
+            "final_accuracy_ci_high": round(acc.ci_high, 4),
+            "average_incremental_accuracy_mean": round(aia.mean, 4),
+            "average_incremental_accuracy_std": round(aia.std, 4),
+            "forgetting_mean": round(cell.summary("forgetting").mean, 4),
+            "bwt_mean": round(cell.summary("bwt").mean, 4),
             "stored_bytes": int(np.mean([s["stored_bytes"] for s in sums])),
             "wall_time_s_mean": round(wall[0], 2),
             "wall_time_s_std": round(wall[1], 2),
@@ -99,15 +187,23 @@ def summary_table(groups: Dict[str, List[Path]]) -> List[Dict[str, object]]:
     return rows
 
 
+def _pct(mean: float, std: float) -> str:
+    return "n/a" if np.isnan(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
 def markdown_table(rows: List[Dict[str, object]]) -> str:
+    """The table ``streamcl run`` prints at the end (``summary.md``)."""
     lines = [
-        "| cell | runs | final accuracy (seen classes) | forgetting | stored bytes | wall time (s) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| cell | runs | final accuracy (seen classes) | avg incremental accuracy | forgetting | stored bytes "
+        "| wall time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        fgt = r["forgetting_mean"]
         lines.append(
-            f"| {r['cell']} | {r['runs']} | {100 * r['final_accuracy_mean']:.2f} ± {100 * r['final_accuracy_std']:.2f} "
-            f"| {r['forgetting_mean']:.4f} | {format_bytes(r['stored_bytes'])} "
+            f"| {r['cell']} | {r['runs']} | {_pct(r['final_accuracy_mean'], r['final_accuracy_std'])} "
+            f"| {_pct(r['average_incremental_accuracy_mean'], r['average_incremental_accuracy_std'])} "
+            f"| {'n/a' if np.isnan(fgt) else f'{100 * fgt:.2f}'} | {format_bytes(r['stored_bytes'])} "
             f"| {r['wall_time_s_mean']:.1f} ± {r['wall_time_s_std']:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -133,6 +229,87 @@ def write_summary(root: PathLike) -> Path:
     return root / "summary.md"
 
 
+# ------------------------------------------------------------------------------ the paper tables
+
+
+def metrics_table(cells: Sequence[CellRuns]) -> Table:
+    """The papers' metrics per cell: mean ± std over runs (%; Ω as a ratio) and final accuracy's 95 % interval."""
+    shown = [m for m in OPTIONAL_METRICS if any(not np.isnan(v) for c in cells for v in c.values(m).values())]
+    metrics = ["final_accuracy", "average_incremental_accuracy", "forgetting", "bwt", *shown]
+    header = ["cell", "runs", "final accuracy", "95 % CI"] + [HEADINGS[m] for m in metrics[1:]]
+    t = Table("Results (mean ± std over runs, %)", header + ["stored", "wall time (s)"])
+    for c in cells:
+        acc = c.summary("final_accuracy")
+        row = [c.name, str(acc.n), format_mean_std(acc), format_ci(acc)]
+        for m in metrics[1:]:
+            s = c.summary(m)
+            row.append(format_mean_std(s, scale=scale(m), digits=2 if scale(m) == 100 else 3))
+        sums = list(c.summaries.values())
+        wall = _mean_std([s["wall_time_s"] for s in sums])
+        row += [format_bytes(int(np.mean([s["stored_bytes"] for s in sums]))), f"{wall[0]:.1f} ± {wall[1]:.1f}"]
+        t.rows.append(row)
+        t.notes += c.notes
+    t.notes.append("95 % CI: Student-t interval of the mean final accuracy (n/a with one run); forgetting after "
+                   "Chaudhry et al. 2018, BWT after Lopez-Paz & Ranzato 2017, both from the accuracy matrix")
+    return t
+
+
+def _same_orders(a: CellRuns, b: CellRuns) -> bool:
+    """Two cells ran the same class orders: same experiment folder, benchmark and class-order seed."""
+    if a.cell_dir.parent != b.cell_dir.parent or a.config is None or b.config is None:
+        return False
+    keys = ("benchmark", "class_order_seed", "seed")
+    return all(a.config.get(k) == b.config.get(k) for k in keys)
+
+
+def paired_table(cells: Sequence[CellRuns], metric: str = "final_accuracy",
+                 baseline: Optional[str] = None) -> Optional[Table]:
+    """Paired differences between cells run on the same class orders (every pair, or each cell vs ``baseline``)."""
+    names = [c.name for c in cells]
+    if baseline is not None and baseline not in names:
+        raise StreamclError(f"--baseline {baseline}: no such cell in the report (cells: {', '.join(names)})")
+    pairs = [(a, b) for i, a in enumerate(cells) for b in cells[i + 1:]]
+    if baseline is not None:
+        base = cells[names.index(baseline)]
+        pairs = [(c, base) for c in cells if c is not base]
+    pairs = [(a, b) for a, b in pairs if _same_orders(a, b)]
+    if not pairs:
+        return None
+    t = Table(f"Paired differences on the same class orders ({HEADINGS[metric]}, points)",
+              ["a − b", "pairs", "mean difference", "95 % CI", "wins a / b / ties", "Wilcoxon p"])
+    notes = set()
+    for a, b in pairs:
+        p = paired_comparison(a.values(metric), b.values(metric))
+        ci = "n/a" if np.isnan(p.ci_low) else f"[{100 * p.ci_low:+.2f}, {100 * p.ci_high:+.2f}]"
+        mean = "n/a" if np.isnan(p.mean_diff) else f"{100 * p.mean_diff:+.2f}"
+        t.rows.append([f"{a.name} − {b.name}", str(p.n_pairs), mean, ci, f"{p.wins_a} / {p.wins_b} / {p.ties}",
+                       "—" if p.p_value is None else f"{p.p_value:.4f}"])
+        if p.note:
+            notes.add(p.note)
+    t.notes = ["pairs are runs with the same run id (the same class order); Wilcoxon signed-rank, exact, "
+               "two-sided: no normality assumed for a handful of orders"] + sorted(notes)
+    return t
+
+
+def reference_rows(cells: Sequence[CellRuns]) -> List[Dict[str, Any]]:
+    """Each experiment folder's ``reference.yaml`` set against its cells' runs."""
+    rows: List[Dict[str, Any]] = []
+    by_exp: Dict[Path, List[CellRuns]] = defaultdict(list)
+    for c in cells:
+        by_exp[c.cell_dir.parent].append(c)
+    for exp_dir, group in by_exp.items():
+        ref = read_reference(exp_dir)
+        if ref is None:
+            continue
+        label = {c.cell_dir.name: c.name for c in group}  # the YAML names cells by folder
+        measured = {(c.cell_dir.name, m): c.summary(m) for c in group for m in METRICS}
+        configs = {c.cell_dir.name: c.config for c in group}
+        for r in compare_references(ref, measured, configs):
+            r["cell"] = label.get(r["cell"], r["cell"])
+            rows.append(r)
+    return rows
+
+
 def _curves(run_dirs: List[Path]) -> np.ndarray:
     """(runs, experiences) accuracy on seen classes after each experience (NaN-padded)."""
     curves = []
@@ -154,17 +331,13 @@ def accuracy_matrix(run_dir: Path) -> np.ndarray:
     return m
 
 
-def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
-    """Plots + tables for the runs under ``paths``; returns the report folder."""
-    import matplotlib
+def _published_end_points(refs: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    """Published final accuracy (%) per cell, for the curve plot."""
+    return {r["cell"]: r["published"] for r in refs if r["metric"] == "final_accuracy"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    groups = find_runs(paths)
-    out = Path(out) if out is not None else Path(paths[0]) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-
+def _plot_curves(plt, groups: Dict[str, List[Path]], published: Dict[str, float], path: Path) -> None:
+    """Accuracy on seen classes after each experience, one line per cell (band ± std), published end points as stars."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     n_max = 0
     for cell, run_dirs in sorted(groups.items()):
@@ -174,10 +347,13 @@ def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
         n_max = max(n_max, c.shape[1])
         x = np.arange(c.shape[1])
         mean = _nanmean(c)
-        ax.plot(x, 100 * mean, marker="o", label=f"{cell} ({len(run_dirs)} runs)")
+        (line,) = ax.plot(x, 100 * mean, marker="o", label=f"{cell} ({len(run_dirs)} runs)")
         if c.shape[0] > 1:
             std = _nanstd(c)
             ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
+        if cell in published:
+            ax.plot([x[-1]], [published[cell]], marker="*", markersize=14, color=line.get_color(),
+                    markeredgecolor="black", linestyle="none", label=f"{cell}: published {published[cell]:g}")
     ax.set_xticks(range(n_max))
     ax.set_xlabel("after training experience")
     ax.set_ylabel("accuracy on seen classes (%)")
@@ -185,10 +361,32 @@ def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_curve.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
-    images = ["accuracy_curve.png"]
+
+def _plot_forgetting(plt, cells: Sequence[CellRuns], path: Path) -> bool:
+    """Forgetting per cell (Chaudhry et al.), mean ± std over runs; False when no cell has it."""
+    stats = [(c.name, c.summary("forgetting")) for c in cells]
+    stats = [(n, s) for n, s in stats if s.n]
+    if not stats:
+        return False
+    fig, ax = plt.subplots(figsize=(1.8 + 0.9 * len(stats), 3.8))
+    x = np.arange(len(stats))
+    ax.bar(x, [100 * s.mean for _, s in stats], yerr=[100 * s.std for _, s in stats], capsize=4, color="tab:red",
+           alpha=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([n for n, _ in stats], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("forgetting (%)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _plot_matrices(plt, groups: Dict[str, List[Path]], out: Path) -> List[str]:
+    images = []
     for cell, run_dirs in sorted(groups.items()):
         mats = [accuracy_matrix(d) for d in run_dirs]
         mats = [m for m in mats if m.size]
@@ -217,9 +415,55 @@ def make_report(paths: Sequence[PathLike], out: PathLike | None = None) -> Path:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         images.append(name)
+    return images
 
-    rows = summary_table(groups)
+
+def report_tables(cells: Sequence[CellRuns], baseline: Optional[str] = None) -> List[Table]:
+    """The report's tables: the papers' metrics, published numbers (when referenced), paired differences."""
+    tables = [metrics_table(cells)]
+    refs = reference_rows(cells)
+    if refs:
+        tables.append(comparison_table(refs))
+    paired = paired_table(cells, baseline=baseline)
+    if paired is not None:
+        tables.append(paired)
+    return tables
+
+
+def make_report(paths: Sequence[PathLike], out: PathLike | None = None, fmt: str = "md",
+                baseline: Optional[str] = None) -> Path:
+    """Plots and tables for the runs under ``paths`` in ``fmt`` (md, latex or csv); returns the report folder.
+
+    Everything is computed before anything is written, so bad input (an unknown ``baseline``, an
+    offline run that does not match) leaves no half-written report.
+    """
+    if fmt not in FORMATS:
+        raise StreamclError(f"--format {fmt}: one of {', '.join(FORMATS)}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = find_runs(paths)
+    cells = collect(groups)
+    tables = report_tables(cells, baseline)
+    rows = summary_table(groups, cells)
+    out = Path(out) if out is not None else Path(paths[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    _plot_curves(plt, groups, _published_end_points(reference_rows(cells)), out / "accuracy_curve.png")
+    images = ["accuracy_curve.png"]
+    if _plot_forgetting(plt, cells, out / "forgetting.png"):
+        images.append("forgetting.png")
+    images += _plot_matrices(plt, groups, out)
     write_tables(rows, out)
-    md = ["# streamcl report", "", markdown_table(rows)] + [f"![{i}]({i})" for i in images]
-    _atomic_write(out / "report.md", "\n".join(md) + "\n")
+    if fmt == "csv":
+        for t in tables:
+            slug = re.sub(r"[^a-z0-9]+", "_", t.title.lower().split("(")[0]).strip("_")
+            _atomic_write(out / f"report_{slug}.csv", to_csv(t))
+    elif fmt == "latex":
+        _atomic_write(out / "report.tex", render(tables, "latex"))
+    if fmt == "md" or not (out / "report.md").exists():
+        md = ["# streamcl report", "", render(tables, "md")] + [f"![{i}]({i})" for i in images]
+        _atomic_write(out / "report.md", "\n".join(md) + "\n")
     return out

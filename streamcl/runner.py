@@ -619,6 +619,7 @@ def run_experiment(
             discard_for_restart(exp, units)
         for cell in exp.cells:  # a changed config is refused before anything runs
             _check_cell_config(root / cell.name, cell.config)
+        write_reference(exp)
 
     try:
         distributed.on_main(check)
@@ -636,6 +637,26 @@ def run_experiment(
     return root
 
 
+REFERENCE_FILE = "reference.yaml"
+
+
+def write_reference(exp: Experiment) -> None:
+    """``<root>/reference.yaml``: the file's ``reference:`` section (published numbers), for ``streamcl report``.
+
+    Written before any unit runs (a config error has written nothing by then); without a
+    reference section, a ``reference.yaml`` an earlier version of the file left is removed, so
+    that the report never compares the runs with numbers the file no longer names.
+    """
+    from streamcl.config.reference import reference_yaml
+
+    path = exp.root / REFERENCE_FILE
+    text = reference_yaml(exp.reference)
+    if text is None:
+        path.unlink(missing_ok=True)
+    elif not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
 def write_summary_if_complete(exp: Experiment, *, force: bool = False) -> bool:
     """Write ``summary.csv/md`` when every unit of ``exp`` has its summary (or always, with ``force``)."""
     from streamcl.report import write_summary
@@ -651,11 +672,12 @@ def write_summary_if_complete(exp: Experiment, *, force: bool = False) -> bool:
 def _remove_lonely_locks(root: Path) -> None:
     """After a user error, drop ``<root>/.locks`` when it is all the experiment folder holds (and nobody holds a lock).
 
-    So that a configuration error found while building leaves no output folder behind.
+    So that a configuration error found while building leaves no output folder behind
+    (``reference.yaml``, written before the units start, goes with it).
     """
     from filelock import FileLock, Timeout
 
-    if not root.is_dir() or any(p.name != ".locks" for p in root.iterdir()):
+    if not root.is_dir() or any(p.name not in (".locks", REFERENCE_FILE) for p in root.iterdir()):
         return
     held = []
     try:

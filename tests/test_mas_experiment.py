@@ -178,6 +178,12 @@ def _run(tmp_path, doc, name, stop_after=None):
             continue
 
 
+def last_first(rows):
+    """Accuracy on task 0 after task 0 (only one head then: nothing to confuse it with)."""
+    return next(r["value"] for r in rows if r["experience"] == 0
+                and r["metric"] == "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000")
+
+
 def test_mas_multi_head_experiment_runs_end_to_end(tmp_path):
     root = _run(tmp_path, _tiny_mas_doc(tmp_path, ("mas", "mas_paper")), "straight")
     for cell in ("mas", "mas_paper"):
@@ -187,6 +193,11 @@ def test_mas_multi_head_experiment_runs_end_to_end(tmp_path):
             assert f"Top1_Acc_Exp/eval_phase/test_stream/Task00{t}/Exp00{t}" in last
         for t in range(3):
             assert f"ExperienceForgetting/eval_phase/test_stream/Task00{t}/Exp00{t}" in last
+        # task_agnostic: once per evaluation, a fraction (the model is not told the task)
+        agnostic = [r for r in rows if r["metric"] == "TaskAgnostic_Acc_Stream/eval_phase/test_stream"]
+        assert [r["experience"] for r in agnostic] == [0, 1, 2, 3]
+        assert all(0.0 <= r["value"] <= 1.0 for r in agnostic)
+        assert agnostic[0]["value"] == pytest.approx(last_first(rows)), "one task: task-agnostic = task-aware"
         summary = json.loads((root / cell / "run0" / "summary.json").read_text())
         assert summary["n_experiences"] == 4
         assert np.isfinite([r["value"] for r in rows]).all()

@@ -28,6 +28,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 INLINE = [
     "tensorboard --logdir runs/demo",
     "streamcl report runs/demo",
+    "streamcl report runs/demo --format latex",
     "streamcl run experiments/synthetic/paper_toybox.yaml",
     "streamcl run experiments/demo.yaml -o runs=1",
     "python tests/fault/test_config_fuzz.py 7",
@@ -87,6 +88,9 @@ def run(cmd: str, cwd: Path, tmp: Path, timeout: int = 900) -> subprocess.Comple
                           timeout=timeout)
 
 
+PUBLISHED = "streamcl report --published experiments/wa experiments/dytox experiments/mas experiments/paper"
+
+
 # -- the list itself ---------------------------------------------------------------------------------
 
 TESTED = {
@@ -109,6 +113,8 @@ TESTED = {
     "streamcl prepare icubworld /data/icub --out /data/icub_index": "test_prepare_commands",
     "tensorboard --logdir runs/demo": "test_tensorboard_and_report",
     "streamcl report runs/demo": "test_tensorboard_and_report",
+    "streamcl report runs/demo --format latex": "test_tensorboard_and_report",
+    PUBLISHED: "test_published_targets_table_is_the_reports",
     "streamcl run experiments/synthetic/paper_toybox.yaml": "test_paper_toybox_command",
     "streamcl run experiments/demo.yaml -o runs=1": "test_demo_one_run_command",
     "python tests/fault/test_config_fuzz.py 7": "test_fuzz_replay_command",
@@ -220,12 +226,25 @@ def finished_demo(tmp_path_factory):
     return work, tmp
 
 
+def test_published_targets_table_is_the_reports(tmp_path):
+    """The README's published-targets table is what `streamcl report --published` prints from the YAMLs."""
+    proc = run(PUBLISHED, ROOT, tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = proc.stdout.split("\n", 2)[2].strip()  # without its "## Published targets" heading
+    shown = README.split("<!-- published-targets: begin -->")[1].split("<!-- published-targets: end -->")[0]
+    assert shown.strip() == printed, "regenerate the README table with: " + PUBLISHED
+
+
 @pytest.mark.slow
 def test_tensorboard_and_report(finished_demo):
     work, tmp = finished_demo
     proc = run("streamcl report runs/demo", work, tmp)
     assert proc.returncode == 0, proc.stderr
     assert (work / "runs" / "demo" / "report" / "accuracy_curve.png").stat().st_size > 0
+    assert "avg incremental accuracy" in proc.stdout and "Paired differences" in proc.stdout
+    proc = run("streamcl report runs/demo --format latex", work, tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert r"\toprule" in (work / "runs" / "demo" / "report" / "report.tex").read_text()
     # TensorBoard serves the demo's events (on loopback, an ephemeral port).
     tb = shutil.which("tensorboard", path=str(Path(sys.executable).parent))
     assert tb, "tensorboard is a dependency of streamcl"

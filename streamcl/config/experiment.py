@@ -13,6 +13,10 @@ num_workers`` always, and ``seed``, ``class_order_seed``, ``imports`` only when 
 sets them (so that the digests of existing runs do not change; a sweep adds no key either:
 its values sit where their paths point, and in :attr:`Cell.sweep`); see
 :func:`~streamcl.config.schema.check_seeds` and :func:`~streamcl.config.schema.check_device`.
+Likewise ``evaluation.offline`` is there only when the file sets it: the file names a method
+label, each cell's config holds the name of the offline cell of its own benchmark
+(:func:`resolve_offline`). The ``reference:`` section (a paper's published numbers,
+:mod:`~streamcl.config.reference`) is in no cell config: it is :attr:`Experiment.reference`.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class Experiment:
     pretrain: Optional[Dict[str, Any]] = None
     threads: Optional[int] = None  # torch intra-op threads per run; None: the available cores
     launcher: Dict[str, Any] = field(default_factory=lambda: {"name": "local"})  # where units run
+    # The validated ``reference:`` section (streamcl.config.reference); None when the file has none.
+    reference: Optional[Dict[str, Any]] = None
 
     @property
     def root(self) -> Path:
@@ -173,6 +179,7 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path, cli_launcher: Op
                              f"at most {MAX_CELLS} (streamcl's limit): split it into several files")
 
     cells: List[Cell] = []
+    grid: Dict[Tuple[Any, Any, Tuple[int, ...]], Cell] = {}  # (method label, benchmark label, sweep choice) -> cell
     for m_label, override in methods_raw.items():
         mpath: KeyPath = ("methods", m_label)
         if m_label is not None:
@@ -215,22 +222,76 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path, cli_launcher: Op
                     c.fail(("sweep",), f"cell name '{cell_name[:60]}...' is {len(cell_name)} characters long; at "
                                        f"most {MAX_CELL_NAME} (it names a folder): sweep shorter values or fewer keys")
                 cells.append(Cell(cell_name, copy.deepcopy(cfg), swept_values(axes, choice)))
+                grid[(m_label, b_label, tuple(choice))] = cells[-1]
     names = [cell.name for cell in cells]
     dup = {n for n, k in collections.Counter(names).items() if k > 1}
     if dup:
         c.fail(("methods",), f"two grid cells share the name {sorted(dup)}; give the methods distinct labels")
+    if "offline" in evaluation:
+        resolve_offline(c, ("evaluation", "offline"), evaluation["offline"], grid)
+    reference = None
+    if doc.get("reference") is not None:
+        from streamcl.config.reference import check_reference
+
+        reference = check_reference(c, ("reference",), doc["reference"], cells)
 
     from streamcl.config.launcher import check_launcher
 
     launcher = check_launcher(c, ("launcher",), doc.get("launcher"), cli_launcher)
     exp = Experiment(name=name, file=file, runs=runs, cells=cells, output_dir=Path(output_dir), threads=threads,
-                     launcher=launcher)
+                     launcher=launcher, reference=reference)
     if doc.get("pretrain") is not None:
         from streamcl.config.pretrain import attach_pretrained, check_pretrain
 
         exp.pretrain = check_pretrain(c, ("pretrain",), doc["pretrain"])
         attach_pretrained(exp)
     return exp
+
+
+def first_difference(a: Any, b: Any, path: KeyPath = ()) -> Optional[KeyPath]:
+    """The first key path (in ``a``'s key order) where two configs differ; None when equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            if k not in a or k not in b:
+                return path + (k,)
+            d = first_difference(a[k], b[k], path + (k,))
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = first_difference(x, y, path + (i,))
+            if d is not None:
+                return d
+        return None if len(a) == len(b) else path + (min(len(a), len(b)),)
+    return None if type(a) is type(b) and a == b else path
+
+
+def resolve_offline(c: Checker, path: KeyPath, label: str,
+                    grid: Dict[Tuple[Any, Any, Tuple[int, ...]], Cell]) -> None:
+    """Write ``evaluation.offline: <cell name>`` into every cell: the ``label`` method's cell of its benchmark.
+
+    ``grid`` maps (method label, benchmark label, sweep choice) to the cells. Omega_all divides a
+    cell's accuracy by the offline learner's on the same classes in the same order, so the offline
+    cell is the one with the same benchmark (label and swept values) and the same method sweep
+    values, and its benchmark config must equal the cell's.
+    """
+    labels = sorted({str(m) for m, _, _ in grid if m is not None})
+    if label not in labels:
+        if not labels:
+            c.fail(path, f"names method '{label}', but the file has no 'methods:' section; add the offline learner "
+                         "(e.g. a cell with strategy cumulative or joint_training) under methods: and name its label")
+        c.unknown(path, label, labels, what="method")
+    for (_, b_label, choice), cell in grid.items():
+        offline = grid[(label, b_label, choice)]
+        diff = first_difference(cell.config["benchmark"], offline.config["benchmark"], ("benchmark",))
+        if diff is not None:
+            from streamcl.config.text import fmt_path
+
+            c.fail(path, f"offline cell '{offline.name}' has a different benchmark from cell '{cell.name}' at "
+                         f"{fmt_path(diff)}; Omega_all needs the offline learner on the same classes in the same "
+                         "order: give them the same benchmark")
+        cell.config["evaluation"] = dict(cell.config["evaluation"], offline=offline.name)
 
 
 def load_experiment(path: Union[str, Path], overrides: Sequence[str] = (), launcher: Optional[str] = None) -> Experiment:

@@ -9,7 +9,8 @@ arguments are checked against the factory's signature (:mod:`streamcl.config.typ
 
 The top-level keys beside the components (``runs``, ``seed``, ``class_order_seed``,
 ``device``, ``imports`` ...) are checked by the ``check_*`` functions below; see
-:func:`check_seeds` and :func:`check_device` for what the runner does with them.
+:func:`check_seeds` and :func:`check_device` for what the runner does with them
+(``evaluation:``: :func:`check_evaluation`; ``reference:``: :mod:`streamcl.config.reference`).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ STRATEGY_KEYS: Dict[str, Any] = {
     "optimizer": dict,
     "scheduler": Optional[dict],
 }
-EVALUATION_KEYS = ("metrics", "loggers", "eval_on")
+EVALUATION_KEYS = ("metrics", "loggers", "eval_on", "offline")
 METHOD_KEYS = ("strategy", "plugins", "model", "description")
 TOP_KEYS = (
     "name",
@@ -241,6 +242,7 @@ TOP_KEYS = (
     "imports",
     "launcher",
     "sweep",
+    "reference",
 )
 DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
 
@@ -312,7 +314,18 @@ def check_plugins(c: Checker, path: KeyPath, value: Any) -> List[Dict[str, Any]]
 
 
 def check_evaluation(c: Checker, path: KeyPath, value: Any) -> Dict[str, Any]:
-    """The ``evaluation:`` section: metric and logger names (a logger's optional package installed), ``eval_on``."""
+    """The ``evaluation:`` section: ``metrics``, ``loggers``, ``eval_on``, ``offline``.
+
+    * ``metrics``: names from :data:`streamcl.metrics.METRIC_NAMES` (``top5``: top-5 accuracy;
+      ``task_agnostic``: a multi-head model's accuracy without task labels);
+    * ``loggers``: names from :data:`streamcl.metrics.LOGGER_NAMES` (a logger's optional package installed);
+    * ``eval_on``: ``seen`` (the test experiences trained so far) or ``all``;
+    * ``offline``: the label of the method (in ``methods:``) that trains the offline learner
+      (e.g. a ``cumulative`` or ``joint_training`` strategy) that Omega_all divides by. Checked
+      here as a label; :func:`~streamcl.config.experiment.validate` resolves it per cell to the
+      offline cell of the same benchmark. The key is in the cell config only when set (so that
+      the digests of existing runs do not change).
+    """
     from streamcl.metrics import DEFAULT_LOGGERS, DEFAULT_METRICS, LOGGER_EXTRAS, LOGGER_NAMES, METRIC_NAMES
 
     value = dict(c.mapping(path, value or {}))
@@ -329,6 +342,10 @@ def check_evaluation(c: Checker, path: KeyPath, value: Any) -> Dict[str, Any]:
         if n in LOGGER_EXTRAS and not _installed(LOGGER_EXTRAS[n][0]):
             c.fail(path + ("loggers", i), f"logger '{n}': {missing_extra(*LOGGER_EXTRAS[n])}")
     value["eval_on"] = c.typed(path + ("eval_on",), value.get("eval_on", "seen"), typing.Literal["seen", "all"])
+    if value.get("offline") is None:
+        value.pop("offline", None)
+    else:
+        check_label(c, path + ("offline",), value["offline"])
     return value
 
 
