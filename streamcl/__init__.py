@@ -11,6 +11,9 @@ Sub-packages import Avalanche lazily, so ``import streamcl`` itself is cheap.
 
 __version__ = "0.1.0"
 
+# Public names of this package; its API lives in the sub-packages (checked by tests/test_public_api.py).
+__all__ = ["__version__"]
+
 import warnings as _warnings
 
 # Avalanche imports qpsolvers for GEM, which warns on import when no QP solver is installed.

@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 PathLike = Union[str, Path]
 
+__all__ = ["StreamclError", "ConfigError", "DatasetError", "CheckpointError", "missing_extra"]
+
 
 class StreamclError(Exception):
     """Bad input a user can fix (config, dataset tree, checkpoint, missing extra).

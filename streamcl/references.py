@@ -15,12 +15,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from streamcl.config.reference import REFERENCE_FILE
 from streamcl.errors import StreamclError
 from streamcl.paper_metrics import METRICS
 from streamcl.stats import Summary
 from streamcl.tables import Table
-
-REFERENCE_FILE = "reference.yaml"
 
 
 def scale(metric: str) -> float:

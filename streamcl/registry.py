@@ -332,6 +332,28 @@ register_plugin = PLUGINS.register
 register_optimizer = OPTIMIZERS.register
 register_scheduler = SCHEDULERS.register
 
+__all__ = [
+    "Entry",
+    "Registry",
+    "BENCHMARKS",
+    "MODELS",
+    "STRATEGIES",
+    "PLUGINS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "REGISTRIES",
+    "register_benchmark",
+    "register_model",
+    "register_strategy",
+    "register_plugin",
+    "register_optimizer",
+    "register_scheduler",
+    "is_dotted_path",
+    "import_modules",
+    "import_object",
+    "load_all",
+]
+
 
 # Class names whose acronyms a mechanical camel->snake split would mangle.
 _ALIASES = {

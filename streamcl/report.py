@@ -47,6 +47,22 @@ HEADINGS = {
 }
 _RUN_DIR = re.compile(r"^run(\d+)$")
 
+__all__ = [
+    "CellRuns",
+    "accuracy_matrix",
+    "collect",
+    "find_runs",
+    "make_report",
+    "markdown_table",
+    "metrics_table",
+    "paired_table",
+    "reference_rows",
+    "report_tables",
+    "summary_table",
+    "write_summary",
+    "write_tables",
+]
+
 
 def _mean_std(values: Sequence[float]) -> tuple:
     vals = [v for v in values if v is not None]

@@ -40,6 +40,7 @@ from streamcl.build import (  # re-exported: these lived here before streamcl.bu
     set_threads,
 )
 from streamcl.config import Cell, Experiment
+from streamcl.config.reference import REFERENCE_FILE
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
 from streamcl.faults import ENV as FAILPOINT_ENV
 from streamcl.faults import failpoint
@@ -341,6 +342,7 @@ class Run:
             "digest": config_digest(self.cfg),
             "n_experiences": n_exp,
             "final_accuracy": per_exp[-1] if per_exp else None,
+            "average_incremental_accuracy": sum(per_exp) / len(per_exp) if per_exp else None,
             "accuracy_per_experience": per_exp,
             "forgetting": last.get(FORGETTING),
             "bwt": last.get(BWT),
@@ -635,9 +637,6 @@ def run_experiment(
     if done:
         distributed.on_main(lambda: write_summary_if_complete(exp, force=True))
     return root
-
-
-REFERENCE_FILE = "reference.yaml"
 
 
 def write_reference(exp: Experiment) -> None:

@@ -1,10 +1,13 @@
-"""Every command the README shows is run here (and every command run here is in the README).
+"""Every command the README and the documentation pages show is run here (and every command run here is shown).
 
-Commands are the lines of the README's ``bash`` code blocks, the ``$ ...`` lines of its
-plain code blocks and the commands named in prose that :data:`INLINE` lists. Each is run
-as written, in a scratch folder laid out like a clone (``/data/...`` paths point into it,
-and ``/path/to/`` weights are a random network saved there). The demo and the tutorial
-snippet take minutes: they are marked slow; CI runs the test command itself.
+The pages are README.md and the Markdown pages of the documentation site (``docs/**/*.md``).
+Commands are the lines of their ``bash`` code blocks, the ``$ ...`` lines of their plain
+code blocks and the commands named in prose that :data:`INLINE` lists. Each is run as
+written, in a scratch folder laid out like a clone (``/data/...`` paths point into it, and
+``/path/to/`` weights are a random network saved there). The demo and the tutorial snippet
+take minutes: they are marked slow; CI runs the test command itself. The README starts with
+the two commands (``.ci/run`` runs its second bash block) and stays short: the rest is in
+``docs/``, whose build ``tests/test_docs.py`` runs.
 """
 
 from __future__ import annotations
@@ -23,8 +26,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+README_MAX_LINES = 250
 
-# Commands the README names in prose (inline code) rather than in code blocks.
+
+def pages() -> dict:
+    """README.md and every Markdown page of the documentation site, by path from the repository root."""
+    out = {"README.md": README}
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        if "_build" not in path.parts:
+            out[path.relative_to(ROOT).as_posix()] = path.read_text(encoding="utf-8")
+    return out
+
+
+# Commands the pages name in prose (inline code) rather than in code blocks.
 INLINE = [
     "tensorboard --logdir runs/demo",
     "streamcl report runs/demo",
@@ -43,24 +57,55 @@ TESTS = ("python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -
 ERROR_EXAMPLE = "streamcl run experiments/demo.yaml -o strategy.train_mb_sise=8"
 
 
-def code_blocks() -> list:
-    """(language, text) of every fenced block (indented ones inside list items too, dedented)."""
+FENCE = re.compile(r"^ *```(\S*)[ \t]*$")
+
+
+def code_blocks(text: str | None = None) -> list:
+    """(language, text) of every fenced block of a page, or of every page (indented ones inside list
+    items too, dedented; the language is the fence's info string, e.g. ``bash``, ``""`` or ``{eval-rst}``)."""
     import textwrap
 
-    return [(lang, textwrap.dedent(body))
-            for lang, body in re.findall(r"^ *```(\w*)\n(.*?)^ *```", README, flags=re.S | re.M)]
+    if text is None:
+        return [block for page in pages().values() for block in code_blocks(page)]
+    blocks, lang, body = [], None, []
+    for line in text.splitlines():
+        fence = FENCE.match(line)
+        if lang is None:
+            if fence:
+                lang, body = fence.group(1), []
+        elif fence and not fence.group(1):
+            blocks.append((lang, textwrap.dedent("\n".join(body) + "\n")))
+            lang = None
+        else:
+            body.append(line)
+    assert lang is None, "a code block is not closed"
+    return blocks
 
 
-def readme_commands() -> list:
+def page_commands(text: str) -> list:
+    """The commands one page shows, in order: code blocks first, then the INLINE ones its prose names."""
     cmds = []
-    for lang, body in code_blocks():
+    for lang, body in code_blocks(text):
         for line in body.splitlines():
             if lang == "bash" and line.strip() and not line.lstrip().startswith("#"):
                 cmds.append(re.sub(r"\s+#.*$", "", line).strip())
             elif lang == "" and line.startswith("$ "):
                 cmds.append(line[2:].strip())
-    prose = re.sub(r"\s+", " ", README)  # inline code may wrap across lines
+    prose = re.sub(r"\s+", " ", text)  # inline code may wrap across lines
     return cmds + [c for c in INLINE if f"`{c}`" in prose]
+
+
+def readme_commands() -> list:
+    return page_commands(README)
+
+
+def shown_commands() -> dict:
+    """Each command shown anywhere -> the pages that show it."""
+    out: dict = {}
+    for name, text in pages().items():
+        for cmd in page_commands(text):
+            out.setdefault(cmd, []).append(name)
+    return out
 
 
 def streamcl_cmd(cmd: str) -> list:
@@ -89,6 +134,7 @@ def run(cmd: str, cwd: Path, tmp: Path, timeout: int = 900) -> subprocess.Comple
 
 
 PUBLISHED = "streamcl report --published experiments/wa experiments/dytox experiments/mas experiments/paper"
+DOCS_BUILD = "python -m sphinx -W --keep-going -b html docs site"
 
 
 # -- the list itself ---------------------------------------------------------------------------------
@@ -120,13 +166,40 @@ TESTED = {
     "python tests/fault/test_config_fuzz.py 7": "test_fuzz_replay_command",
     "streamcl list": "test_fast_commands",
     "streamcl run experiments/demo.yaml": "test_demo_command",
+    DOCS_BUILD: "tests/test_docs.py::test_docs_build",
 }
 
 
-def test_every_readme_command_is_tested():
-    shown = readme_commands()
-    assert shown[:2] == [DEMO, TESTS], "the README must start with the two commands"
-    assert sorted(set(shown)) == sorted(TESTED), "README commands and tested commands differ"
+def test_readme_starts_with_the_two_commands():
+    assert readme_commands()[:2] == [DEMO, TESTS], "the README must start with the two commands"
+
+
+def test_every_shown_command_is_tested():
+    shown = shown_commands()
+    untested = {c: where for c, where in shown.items() if c not in TESTED}
+    unshown = sorted(set(TESTED) - set(shown))
+    assert not untested and not unshown, f"shown but not tested: {untested}; tested but not shown: {unshown}"
+
+
+def test_tested_commands_name_real_tests():
+    """Each TESTED entry names a test function that exists (here, or in the file it gives)."""
+    for cmd, how in TESTED.items():
+        if how.startswith("CI "):
+            continue
+        file, _, name = how.rpartition("::")
+        source = (ROOT / file).read_text() if file else Path(__file__).read_text()
+        assert re.search(rf"^def {re.escape(name)}\(", source, re.M), (cmd, how)
+
+
+def test_readme_is_short_and_links_to_pages_that_exist():
+    """What a newcomer needs; the rest is in docs/ (relative links, so GitHub renders them)."""
+    n = len(README.splitlines())
+    assert n < README_MAX_LINES, f"README.md has {n} lines: move sections into docs/ pages"
+    links = re.findall(r"\]\(([^)\s]+)\)", README)
+    local = [link.split("#")[0] for link in links if not re.match(r"[a-z]+://", link)]
+    assert any(link.startswith("docs/") for link in local)
+    for link in local:
+        assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -180,7 +253,7 @@ def test_launcher_commands(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_command(tmp_path):
-    """The README's torchrun line: two gloo processes, rank 0 writes the one summary."""
+    """The torchrun line (docs/cluster.md): two gloo processes, rank 0 writes the one summary."""
     work = clone(tmp_path)
     cmd = next(c for c, how in TESTED.items() if how == "test_torchrun_command")
     args = shlex.split(cmd)
@@ -227,12 +300,14 @@ def finished_demo(tmp_path_factory):
 
 
 def test_published_targets_table_is_the_reports(tmp_path):
-    """The README's published-targets table is what `streamcl report --published` prints from the YAMLs."""
+    """The published-targets table (docs/methods.md) is what `streamcl report --published` prints from the YAMLs."""
     proc = run(PUBLISHED, ROOT, tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = proc.stdout.split("\n", 2)[2].strip()  # without its "## Published targets" heading
-    shown = README.split("<!-- published-targets: begin -->")[1].split("<!-- published-targets: end -->")[0]
-    assert shown.strip() == printed, "regenerate the README table with: " + PUBLISHED
+    begin, end = "<!-- published-targets: begin -->", "<!-- published-targets: end -->"
+    (page, text), = [(name, text) for name, text in pages().items() if begin in text]
+    shown = text.split(begin)[1].split(end)[0]
+    assert shown.strip() == printed, f"regenerate the table in {page} with: {PUBLISHED}"
 
 
 @pytest.mark.slow

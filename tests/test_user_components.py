@@ -2,8 +2,8 @@
 
 A tiny user package is written into ``tmp_path`` and put on ``sys.path``; its modules,
 registrations and path entries are removed again after each test (``user_code``), so
-that no other test sees them. The README's worked example (tests/custom_example)
-is run exactly as the README shows it.
+that no other test sees them. The worked example (tests/custom_example) is run exactly
+as docs/python.md shows it.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def test_a_module_next_to_the_experiment_file_imports_without_pythonpath(tmp_pat
     assert load_experiment(write(folder, doc)).cells[0].config["plugins"][0]["name"] == "uc_local_recorder"
 
 
-# -- the README's worked example ------------------------------------------------------------------------------
+# -- the docs' worked example ----------------------------------------------------------------------------------
 
 
 def test_readme_example_runs_as_shown(tmp_path, user_code, monkeypatch, capsys):
@@ -304,9 +304,9 @@ def test_readme_example_runs_as_shown(tmp_path, user_code, monkeypatch, capsys):
 
 
 def _readme_section() -> str:
-    """The README's "Add your own method or benchmark" section (headings inside code blocks do not end it)."""
+    """docs/python.md's "Add your own method or benchmark" section (headings inside code blocks do not end it)."""
     out, level, fenced = [], None, False
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+    for line in (ROOT / "docs" / "python.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             fenced = not fenced
         heading = None if fenced else re.match(r"^(#+) ", line)
@@ -322,10 +322,10 @@ def _readme_section() -> str:
 def test_readme_shows_the_files_this_test_runs():
     section = _readme_section()
     if not section:
-        pytest.skip("README.md has no 'Add your own method or benchmark' section yet")
+        pytest.skip("docs/python.md has no 'Add your own method or benchmark' section yet")
     blocks = re.findall(r"`([\w./-]+)`:?\s*\n+```\w*\n(.*?)```", section, re.S)
     shown = {Path(name).name: body for name, body in blocks}
     for name in ("custom.yaml", "my_methods.py", "my_benchmark.py"):
-        assert name in shown, f"the README section does not show {name}"
-        assert shown[name].strip() == (EXAMPLE / name).read_text().strip(), f"README's {name} differs from the file"
+        assert name in shown, f"the docs section does not show {name}"
+        assert shown[name].strip() == (EXAMPLE / name).read_text().strip(), f"docs/python.md's {name} differs from the file"
     assert "streamcl run tests/custom_example/custom.yaml" in section

@@ -26,6 +26,8 @@ from streamcl.benchmarks.dirmap import DirmapSource, load_dirmap
 from streamcl.benchmarks.protocols import ProtocolName, SplitView, StreamSplit, make_stream
 from streamcl.benchmarks.transforms import transform_list
 
+__all__ = ["ContinuumStreams", "continuum_stream", "split_to_continuum", "to_continuum"]
+
 
 @dataclass
 class ContinuumStreams(SplitView):

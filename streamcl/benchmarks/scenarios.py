@@ -237,7 +237,7 @@ def build_scenario(
 
 
 def subset_by_sample_id(scenario: CLScenario, ids: Sequence[int]) -> ClassificationDataset:
-    """Training samples with these ``sample_id``s, in this order, as the train stream serves them (train transforms)."""
+    """Training samples with these ``sample_id`` values, in this order, as the train stream serves them (train transforms)."""
     info: StreamInfo = getattr(scenario, "streamcl_info", None)
     if info is None:
         raise ValueError("this scenario was not built by streamcl (no `streamcl_info`)")

@@ -60,6 +60,8 @@ _DEFAULTS = {
 _KINDS = ("triangle", "square", "pentagon", "star", "hexagon", "cross", "circle")
 MOTIONS = ("rx", "ry", "rz", "rx-", "ry-", "rz-", "tx", "ty", "tz", "mix")
 
+__all__ = ["MARKER", "MOTIONS", "NAMES", "full_size_names", "generate", "render", "write_video"]
+
 
 def _poly(kind: str, r: float) -> np.ndarray:
     """Unit-centred outline of a shape kind (N x 2), radius r."""

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # (imports point down: experiment imports this module)
     from streamcl.config.experiment import Cell
     from streamcl.config.schema import Checker
 
+REFERENCE_FILE = "reference.yaml"  # <output_dir>/<name>/reference.yaml: the section, for `streamcl report`
 REFERENCE_KEYS = ("source", "setting", "values")
 VALUE_KEYS = ("cell", "metric", "value", "tolerance", "source")
 

@@ -86,19 +86,18 @@ def _feature_vectors(features: Tensor) -> Tensor:
 class PQCodec(Codec):
     """faiss ``ProductQuantizer(d=C, M, nbits)`` over the C-vectors of feature maps.
 
-    Args:
-        num_codebooks: M, the number of sub-quantisers; must divide the channel
-            count C (checked at :meth:`fit`). One byte per sub-quantiser per
-            spatial position is stored: ``H * W * M`` bytes per item
-            (7*7*32 = 1568 for ResNet-18 layer4.0, 13*13*32 = 5408 for the
-            SqueezeNet cut).
-        nbits: bits per code (2**nbits centroids per sub-quantiser), 1..8.
-        niter: k-means iterations of the training.
-        max_train_vectors: subsample at most this many C-vectors for training
-            (None = faiss's own cap of 256 points per centroid).
-        seed: k-means seed (training is deterministic for a given seed and data).
-        use_gpu: "auto" (GPU when faiss-gpu sees a GPU and the data are on CUDA),
-            True (require it), False (never).
+    :param num_codebooks: M, the number of sub-quantisers; must divide the channel
+        count C (checked at :meth:`fit`). One byte per sub-quantiser per
+        spatial position is stored: ``H * W * M`` bytes per item
+        (7*7*32 = 1568 for ResNet-18 layer4.0, 13*13*32 = 5408 for the
+        SqueezeNet cut).
+    :param nbits: bits per code (2**nbits centroids per sub-quantiser), 1..8.
+    :param niter: k-means iterations of the training.
+    :param max_train_vectors: subsample at most this many C-vectors for training
+        (None = faiss's own cap of 256 points per centroid).
+    :param seed: k-means seed (training is deterministic for a given seed and data).
+    :param use_gpu: "auto" (GPU when faiss-gpu sees a GPU and the data are on CUDA),
+        True (require it), False (never).
     """
 
     code_dtype = torch.uint8

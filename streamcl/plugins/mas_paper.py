@@ -3,15 +3,15 @@
 Avalanche's ``MASPlugin`` (0.6) and the authors' code (rahafaljundi/MAS-Memory-Aware-Synapses)
 differ in three ways when the importance Omega is computed after a task:
 
-============================  =======================================  ==========================================
-                              Avalanche ``MASPlugin`` (``mas``)        paper / authors' code (``mas_paper``)
-============================  =======================================  ==========================================
-model mode                    train (dropout on, BatchNorm statistics  eval (deterministic outputs, statistics
-                              updated by the importance pass)          untouched)
-importance over tasks         ``alpha * old + (1 - alpha) * new``      ``old + new`` (sum over tasks)
-normalisation                 per-batch mean of ||F(x)||^2, |grad|     sum over the batch of ||F(x)||^2, |grad|
-                              averaged over batches                    averaged over samples
-============================  =======================================  ==========================================
+============================  ========================================  ============================================
+                              Avalanche ``MASPlugin`` (``mas``)         paper / authors' code (``mas_paper``)
+============================  ========================================  ============================================
+model mode                    train (dropout on, BatchNorm statistics   eval (deterministic outputs, statistics
+                              updated by the importance pass)           untouched)
+importance over tasks         ``alpha * old + (1 - alpha) * new``       ``old + new`` (sum over tasks)
+normalisation                 per-batch mean of ||F(x)||^2, ``|grad|``  sum over the batch of ||F(x)||^2, ``|grad|``
+                              averaged over batches                     averaged over samples
+============================  ========================================  ============================================
 
 The penalty is the same, ``lambda * sum Omega (theta - theta*)^2`` (Avalanche's
 ``before_backward``, reused). With AlexNet's dropout the train-mode pass gives

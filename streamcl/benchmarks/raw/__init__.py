@@ -5,3 +5,6 @@ dirmap table (pure, no filesystem access); ``index(raw_root)`` walks the tree
 first. They live here, apart from the scenario factories of the same names in
 :mod:`streamcl.benchmarks`.
 """
+
+# The layouts are the submodules (core50, icubworld, ilab, toybox); the package itself exports nothing.
+__all__: list = []

@@ -5,17 +5,39 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Union
 
 import torch
 from torch import Tensor
 
 from streamcl.errors import ConfigError
 
-if TYPE_CHECKING:  # (the buffer imports this module: no cycle at run time)
-    from streamcl.plugins.latent_replay.code_buffer import CodeBuffer
+__all__ = ["BufferPolicy", "PolicyBuffer", "ClassBalancedPolicy", "LargestClassEvictionPolicy", "make_policy"]
 
-__all__ = ["BufferPolicy", "ClassBalancedPolicy", "LargestClassEvictionPolicy", "make_policy"]
+
+class PolicyBuffer(Protocol):
+    """What a policy may use of the buffer it rules (:class:`~streamcl.plugins.latent_replay.code_buffer.CodeBuffer`).
+
+    Policies depend on this interface, not on the buffer's module, so the import runs one way
+    only: ``code_buffer`` imports ``policies``.
+    """
+
+    capacity: int
+    generator: torch.Generator
+
+    def __len__(self) -> int: ...
+
+    def class_counts(self, minlength: int = 0) -> Tensor: ...
+
+    def items_per_class(self) -> Dict[int, int]: ...
+
+    def indices_of(self, label: int) -> Tensor: ...
+
+    def append(self, codes: Tensor, labels: Tensor) -> None: ...
+
+    def replace(self, index: int, codes: Tensor, labels: Tensor) -> None: ...
+
+    def remove(self, indices: Tensor) -> None: ...
 
 
 class BufferPolicy:
@@ -32,11 +54,11 @@ class BufferPolicy:
     name = "base"
 
     def begin_experience(
-        self, buffer: CodeBuffer, *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
+        self, buffer: PolicyBuffer, *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
     ) -> None:
         """Called by the plugin before an experience is walked/trained (stream length, its classes)."""
 
-    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:  # pragma: no cover
+    def add(self, buffer: PolicyBuffer, codes: Tensor, labels: Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def state_dict(self) -> Dict[str, Any]:
@@ -67,7 +89,7 @@ class ClassBalancedPolicy(BufferPolicy):
         self._counters: Dict[int, int] = {}
 
     def begin_experience(
-        self, buffer: CodeBuffer, *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
+        self, buffer: PolicyBuffer, *, n_items: Optional[int] = None, classes: Optional[Iterable[int]] = None
     ) -> None:
         if self.fixed_stride:
             self.stride = max(1, int(self.fixed_stride))
@@ -86,10 +108,10 @@ class ClassBalancedPolicy(BufferPolicy):
                 s.add(int(c))
                 self.seen.append(int(c))
 
-    def quota(self, buffer: CodeBuffer) -> int:
+    def quota(self, buffer: PolicyBuffer) -> int:
         return buffer.capacity // len(self.seen) if self.seen else buffer.capacity
 
-    def shrink(self, buffer: CodeBuffer) -> None:
+    def shrink(self, buffer: PolicyBuffer) -> None:
         """Truncate every stored class to the current quota by random removal."""
         q = self.quota(buffer)
         drop: List[Tensor] = []
@@ -112,19 +134,19 @@ class ClassBalancedPolicy(BufferPolicy):
             self._counters[int(c)] = start + len(pos)
         return keep
 
-    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
+    def add(self, buffer: PolicyBuffer, codes: Tensor, labels: Tensor) -> None:
         if len(labels) == 0:
             return
         keep = self.select(labels)
         self.admit(buffer, codes[keep], labels[keep])
 
-    def admit(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
+    def admit(self, buffer: PolicyBuffer, codes: Tensor, labels: Tensor) -> None:
         """Merge already-selected items with the stored ones, truncating each class to its quota."""
         keep = self.plan(buffer, labels)
         if bool(keep.any()):
             buffer.append(codes[keep], labels[keep])
 
-    def plan(self, buffer: CodeBuffer, labels: Tensor) -> Tensor:
+    def plan(self, buffer: PolicyBuffer, labels: Tensor) -> Tensor:
         """The labels-only half of :meth:`admit`: evict the stored items that lose the
         random truncation and return the mask of offered items that win it.
 
@@ -183,7 +205,7 @@ class LargestClassEvictionPolicy(BufferPolicy):
 
     name = "largest_class"
 
-    def add(self, buffer: CodeBuffer, codes: Tensor, labels: Tensor) -> None:
+    def add(self, buffer: PolicyBuffer, codes: Tensor, labels: Tensor) -> None:
         n = len(labels)
         i = 0
         free = buffer.capacity - len(buffer)
