@@ -52,6 +52,11 @@ EXTRAS = ("ray", "submitit", "faiss")
 # launchers, the wandb logger and the PQ codec import their extra on first use).
 EXCLUDED: Dict[str, str] = {}
 
+# Packages that hold implementation, not API: left out with everything under them, with the reason.
+INTERNAL: Dict[str, str] = {
+    "streamcl.checkpoint": "the runner's checkpoint format (save/load, allow-listed encoding); no project imports it",
+}
+
 # Modules the README and the docs tell users to import from: each must define __all__.
 DOCUMENTED = (
     "streamcl.benchmarks",
@@ -104,6 +109,8 @@ def discover() -> Tuple[List[str], List[str]]:
         name = _module_name(path)
         if any(part.startswith("_") for part in name.split(".")):
             continue  # private (streamcl.benchmarks.raw._video, streamcl.__main__)
+        if any(name == p or name.startswith(p + ".") for p in INTERNAL):
+            continue  # implementation (INTERNAL)
         if path.name == "__init__.py":
             packages.add(name)
             modules.add(name)
