@@ -64,14 +64,6 @@ __all__ = [
 ]
 
 
-def _mean_std(values: Sequence[float]) -> tuple:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return float("nan"), float("nan")
-    arr = np.asarray(vals, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
 def _nanmean(a: np.ndarray) -> np.ndarray:
     """Mean over axis 0 ignoring NaN; NaN (without numpy's empty-slice warning) where all are NaN."""
     ok = ~np.isnan(a)
@@ -184,7 +176,7 @@ def summary_table(groups: Dict[str, List[Path]], cells: Optional[List[CellRuns]]
         sums = list(cell.summaries.values())
         acc = cell.summary("final_accuracy")
         aia = cell.summary("average_incremental_accuracy")
-        wall = _mean_std([s["wall_time_s"] for s in sums])
+        wall = summarize(s["wall_time_s"] for s in sums)
         rows.append({
             "cell": cell.name,
             "runs": len(sums),
@@ -197,8 +189,8 @@ def summary_table(groups: Dict[str, List[Path]], cells: Optional[List[CellRuns]]
             "forgetting_mean": round(cell.summary("forgetting").mean, 4),
             "bwt_mean": round(cell.summary("bwt").mean, 4),
             "stored_bytes": int(np.mean([s["stored_bytes"] for s in sums])),
-            "wall_time_s_mean": round(wall[0], 2),
-            "wall_time_s_std": round(wall[1], 2),
+            "wall_time_s_mean": round(wall.mean, 2),
+            "wall_time_s_std": round(wall.std, 2),
         })
     return rows
 
@@ -261,8 +253,8 @@ def metrics_table(cells: Sequence[CellRuns]) -> Table:
             s = c.summary(m)
             row.append(format_mean_std(s, scale=scale(m), digits=2 if scale(m) == 100 else 3))
         sums = list(c.summaries.values())
-        wall = _mean_std([s["wall_time_s"] for s in sums])
-        row += [format_bytes(int(np.mean([s["stored_bytes"] for s in sums]))), f"{wall[0]:.1f} ± {wall[1]:.1f}"]
+        wall = summarize(s["wall_time_s"] for s in sums)
+        row += [format_bytes(int(np.mean([s["stored_bytes"] for s in sums]))), f"{wall.mean:.1f} ± {wall.std:.1f}"]
         t.rows.append(row)
         t.notes += c.notes
     t.notes.append("95 % CI: Student-t interval of the mean final accuracy (n/a with one run); forgetting after "

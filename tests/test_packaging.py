@@ -110,6 +110,7 @@ def test_example_uses_public_names_only():
         assert name in public, f"{module}.{name} is not in {module}.__all__"
 
 
+@pytest.mark.slow  # .ci/run runs the example too, from the installed wheel
 def test_example_runs_and_prints_an_accuracy(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

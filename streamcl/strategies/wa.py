@@ -44,7 +44,7 @@ bias-free, as in the paper and the reference runs:
 Aligning presumes gamma < 1 (new rows larger). A bias-free head does not make that
 true: on real digits (``perf/bench_wa_heads.py``: plain CNN, ``nn.Linear`` head, SGD,
 200 exemplars, 20 epochs, 3 class orders) gamma was 1.05-1.38 at every alignment and
-aligning anyway cut the seen classes' accuracy by 32 points each time (final 22.2 %
+aligning anyway cut the seen classes' accuracy by 32 points on average (final 22.2 %
 against 79.7 % unaligned); with Adam gamma fell below 1 at 5 alignments of 12, and
 aligning there raised it by 16 points on average. So ``max_gamma`` (default 1.0) skips an
 alignment whose gamma exceeds it: WA then only ever shrinks the new rows, which is what
