@@ -83,6 +83,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.published and args.run_dirs:
+        raise StreamclError(f"report: --published lists YAML files' references and takes no run folders; drop "
+                            f"{' '.join(args.run_dirs)} or --published")
     if args.published:
         from streamcl.references import published_references, published_table
         from streamcl.tables import render, to_csv

@@ -125,9 +125,10 @@ class CellRuns:
         return summarize(self.values(metric).values())
 
 
-def _run_id(run_dir: Path) -> int:
+def _run_id(run_dir: Path, position: int) -> int:
+    """The run id of a ``run<k>`` folder (the class order); another folder name gets ``-1 - position``."""
     m = _RUN_DIR.match(run_dir.name)
-    return int(m.group(1)) if m else -1
+    return int(m.group(1)) if m else -1 - position
 
 
 def _cell_config(cell_dir: Path) -> Optional[Dict[str, Any]]:
@@ -153,10 +154,10 @@ def collect(groups: Dict[str, List[Path]]) -> List[CellRuns]:
         cfg = _cell_config(cell_dir)
         cell = CellRuns(name, cell_dir, cfg)
         offline = ((cfg or {}).get("evaluation") or {}).get("offline")
-        for d in run_dirs:
+        for i, d in enumerate(run_dirs):
             if not (d / "summary.json").exists():
                 continue
-            rid = _run_id(d)
+            rid = _run_id(d, i)
             off = cell_dir.parent / str(offline) / d.name if offline else None
             if off is not None and not (off / "summary.json").exists():
                 cell.notes.append(f"{name}: Ω_all n/a for {d.name}: the offline cell '{offline}' has no finished "
