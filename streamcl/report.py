@@ -23,10 +23,10 @@ import numpy as np
 import yaml
 
 from streamcl.errors import StreamclError
-from streamcl.paper_metrics import METRICS, run_metrics
+from streamcl.paper_metrics import METRICS, accuracy_matrix_from_rows, run_metrics
 from streamcl.references import compare as compare_references
 from streamcl.references import comparison_table, read_reference, scale
-from streamcl.results import accuracy_per_experience, experience_accuracies, read_metrics, read_summary
+from streamcl.results import accuracy_per_experience, read_metrics, read_summary
 from streamcl.stats import Summary, format_ci, format_mean_std, paired_comparison, summarize
 from streamcl.tables import FORMATS, Table, render, to_csv
 from streamcl.utils import format_bytes
@@ -330,14 +330,8 @@ def _curves(run_dirs: List[Path]) -> np.ndarray:
 
 def accuracy_matrix(run_dir: Path) -> np.ndarray:
     """acc[t, j]: accuracy on experience j's test set after training experience t (NaN if not evaluated)."""
-    cells = experience_accuracies(read_metrics(run_dir / "metrics.csv"))
-    if not cells:
-        return np.zeros((0, 0))
-    n = max(max(t, j) for t, j, _ in cells) + 1
-    m = np.full((n, n), np.nan)
-    for t, j, v in cells:
-        m[t, j] = v
-    return m
+    m = accuracy_matrix_from_rows(read_metrics(run_dir / "metrics.csv"))
+    return np.zeros((0, 0)) if np.isnan(m).all() else m  # (0, 0): nothing to draw
 
 
 def _published_end_points(refs: Sequence[Dict[str, Any]]) -> Dict[str, float]:

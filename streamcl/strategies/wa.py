@@ -447,6 +447,8 @@ class WA(SupervisedTemplate):
 
     @torch.no_grad()
     def _constrain_classifier(self, clip: bool) -> None:
+        if not clip and self.classifier_bias != "zero":
+            return  # nothing to constrain: skip finding the layer on every step
         layer = self.classifier
         if clip:
             layer.weight.clamp_(min=0.0)
