@@ -41,8 +41,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"\nResults: {root}\n")
     print((root / "summary.md").read_text())
-    print(f"TensorBoard: tensorboard --logdir {root}")
+    hint = _tensorboard_hint(exp, root)
+    if hint:
+        print(hint)
     return 0
+
+
+def _tensorboard_hint(exp, root) -> Optional[str]:
+    """``tensorboard --logdir ROOT``, when a cell logs to TensorBoard and event files are there to show."""
+    cells = [c.name for c in exp.cells if "tensorboard" in c.config["evaluation"]["loggers"]]
+    if any(next((root / name).rglob("*tfevents*"), None) is not None for name in cells):
+        return f"TensorBoard: tensorboard --logdir {root}"
+    return None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -105,9 +115,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from streamcl import __version__
     from streamcl.registry import REGISTRIES
 
     p = argparse.ArgumentParser(prog="streamcl", description="Stream-learning benchmarks for Avalanche.")
+    p.add_argument("--version", action="version", version=f"streamcl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run an experiment YAML (resumes interrupted runs)")
@@ -119,8 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", default=[], metavar="SELECTOR",
                    help="only these units, e.g. --only cell=crumb*,run=0-2 (globs; several flags: OR)")
     r.add_argument("--launcher", default=None, choices=("local", "ray", "slurm"),
-                   help="where the units run (default: the file's `launcher:`, else local); see README "
-                        "'Running on a cluster'")
+                   help="where the units run (default: the file's `launcher:`, else local); see docs/cluster.md")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the final table (and errors)")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="Avalanche's interactive logger: every metric after every evaluation")

@@ -336,10 +336,9 @@ def _fill(arr: np.ndarray, paths: Sequence[str], image_root: Path, size: int, st
     """Decode rows ``start..n`` into ``arr`` in order, flushing + recording progress every ``flush_rows`` rows.
 
     Returns (rows decoded, set of source (height, width) of all rows so far)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm.auto import tqdm
+
+    from streamcl.benchmarks.workers import process_pool
 
     seen = {tuple(s) for s in sources}
     jobs = [(str(image_root), list(paths[i : i + chunk_rows]), size) for i in range(start, n, chunk_rows)]
@@ -354,11 +353,9 @@ def _fill(arr: np.ndarray, paths: Sequence[str], image_root: Path, size: int, st
         if workers <= 1 or len(jobs) <= 1:
             yield from map(_decode_chunk, jobs)
             return
-        # Same process pool as Toybox frame extraction (fork where available: workers start at once).
+        # The same pool as Toybox frame extraction (streamcl.benchmarks.workers: never forked).
         # A sliding window of 2 chunks per worker keeps results in row order with bounded memory.
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
-        try:
+        with process_pool(workers, preload=[__name__]) as pool:
             window: deque = deque()
             it = iter(jobs)
             for job in it:
@@ -371,8 +368,6 @@ def _fill(arr: np.ndarray, paths: Sequence[str], image_root: Path, size: int, st
                 if nxt is not None:
                     window.append(pool.submit(_decode_chunk, nxt))
                 yield res
-        finally:  # on errors and Ctrl-C too: drop queued chunks
-            pool.shutdown(wait=True, cancel_futures=True)
 
     desc = f"{name or 'frames'}: caching frames at {size} px"
     with tqdm(total=n, initial=start, desc=desc, unit="img", disable=not progress or start >= n) as bar:

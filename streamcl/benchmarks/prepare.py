@@ -120,14 +120,15 @@ def extract_toybox(
 ) -> int:
     """Extract 1-fps frames of every Toybox session video into ``<out>/images`` (resumable); returns videos done now.
 
-    With ``workers`` > 1 videos are decoded in that many processes (forked where the
-    platform allows, so workers start instantly), else in this process with FFmpeg's own
+    With ``workers`` > 1 videos are decoded in that many worker processes (never forked from
+    this one: see :mod:`streamcl.benchmarks.workers`), else in this process with FFmpeg's own
     decoder threads.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
+
+    from streamcl.benchmarks.workers import process_pool
 
     mod = DATASETS["toybox"]
     videos = mod.list_videos(raw_root)
@@ -146,13 +147,10 @@ def extract_toybox(
         if workers <= 1 or len(todo) <= 1:
             _collect(map(_video.extract_job, todo), bar, probs)
         else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
-            try:
+            # On Ctrl-C the workers are ended; a video cut short has no marker and is redone next time.
+            with process_pool(workers, preload=[_video.__name__]) as pool:
                 futs = [pool.submit(_video.extract_job, j) for j in todo]
                 _collect((f.result() for f in as_completed(futs)), bar, probs)
-            finally:  # on Ctrl-C too: drop queued videos, let running ones finish cleanly
-                pool.shutdown(wait=True, cancel_futures=True)
     probs.raise_if_any(
         "re-download the videos listed (or delete them if the copy you have never had them), then run "
         "`streamcl prepare toybox RAW_ROOT` again: finished videos are skipped."

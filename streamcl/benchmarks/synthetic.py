@@ -256,6 +256,9 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int) -> None:
     """Write RGB frames as an H.264 (or MPEG-4 Part 2) mp4 with PyAV."""
     import av
 
+    from streamcl.benchmarks.raw._video import check_not_forked_after_decoding
+
+    check_not_forked_after_decoding()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp.mp4")
     with av.open(str(tmp), "w") as out:

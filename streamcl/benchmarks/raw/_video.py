@@ -17,6 +17,25 @@ from typing import Dict, Optional, Tuple
 MARKER_SUFFIX = ".done"
 _TMP_PREFIX = ".partial_"
 
+# The process id that last used PyAV (decoding or encoding: both convert frames with swscale). A process forked after decoding inherits FFmpeg's
+# threads and locks in whatever state they were (PyAV 18.1.1: the child deadlocks on its first
+# frame conversion), so such a child refuses to decode instead of hanging. streamcl's own pools
+# never fork (streamcl.benchmarks.workers); this catches anyone else's.
+_decoded_in_pid: Optional[int] = None
+
+
+def check_not_forked_after_decoding() -> None:
+    """Raise RuntimeError in a process forked after its parent used PyAV; else record this process as a user."""
+    global _decoded_in_pid
+    pid = os.getpid()
+    if _decoded_in_pid is not None and _decoded_in_pid != pid:
+        raise RuntimeError(
+            f"this process was forked from process {_decoded_in_pid} after that one decoded video with PyAV, "
+            "whose FFmpeg state does not survive a fork (it can deadlock); start worker processes with "
+            "multiprocessing's 'forkserver' or 'spawn' method (see streamcl.benchmarks.workers)"
+        )
+    _decoded_in_pid = pid
+
 
 def marker_path(out_dir: Path, stem: str) -> Path:
     """Per-video completion marker (hidden, so indexers skip it)."""
@@ -54,6 +73,7 @@ def extract(
     """
     import av  # PyAV ships its own FFmpeg libraries
 
+    check_not_forked_after_decoding()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f"{_TMP_PREFIX}{stem}"
     shutil.rmtree(tmp, ignore_errors=True)
