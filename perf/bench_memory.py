@@ -65,7 +65,8 @@ def main() -> None:
     print(f"method {args.method}")
     print(f"{'experiences':>11} {'peak RSS (MB)':>14} {'buffer bytes':>13} {'final acc':>9}")
     for r in rows:
-        print(f"{r['experiences']:>11} {r['peak_rss_mb']:>14.1f} {r['stored_bytes']:>13} {r['final_accuracy']:>9.3f}")
+        stored = "–" if r["stored_bytes"] is None else r["stored_bytes"]  # None: not measured
+        print(f"{r['experiences']:>11} {r['peak_rss_mb']:>14.1f} {stored:>13} {r['final_accuracy']:>9.3f}")
     growth = rows[-1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
     print(f"peak RSS growth from {rows[0]['experiences']} to {rows[-1]['experiences']} experiences: {growth:+.1f} MB")
 

@@ -1,43 +1,44 @@
 """The continual-learning papers' metrics, computed from a run's ``metrics.csv`` rows.
 
 Pure functions (numpy only) so the report, the CLI and config validation can import this
-module cheaply. Conventions, with experiences numbered 0..T-1:
+module cheaply. The rows themselves are read by :mod:`streamcl.results` (the one home of
+``metrics.csv`` parsing, row grouping, curves and the accuracy matrix; the reading functions
+this module used to define are re-exported from there). Conventions, with experiences
+numbered 0..T-1 in code (users see them numbered 1..T):
 
 - ``acc[t, j]``: accuracy (fraction) on experience j's test set after training experience t,
-  NaN where it was not evaluated (:func:`accuracy_matrix_from_rows`).
+  NaN where it was not evaluated (:func:`~streamcl.results.accuracy_matrix_from_rows`).
 - ``curve[t]``: accuracy on all classes seen so far, after training experience t
-  (:func:`accuracy_curve`; NaN where experience t has no evaluation row).
+  (:func:`~streamcl.results.accuracy_curve`; NaN where experience t has no evaluation row).
 
 All values are fractions (the report multiplies by 100). Missing evaluations never raise:
 means skip NaN steps, "final" values take the last evaluated step, and a metric with
-nothing to average over is NaN.
+nothing to average over is NaN. :func:`metrics_from_rows` is the one computation behind
+both the report's tables and a run's ``summary.json`` (:func:`summary_fields`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from streamcl.errors import StreamclError
 from streamcl.results import (
-    EXP_ACC_PREFIX,
-    STREAM_ACC_PREFIX,
+    TASK_AGNOSTIC_ACC,
+    TOPK_STREAM_PREFIXES,
     Row,
+    accuracy_curve,
+    accuracy_matrix_from_rows,
     accuracy_per_experience,
-    experience_accuracies,
-    read_metrics,
+    read_run,
+    replay_bytes,
+    task_agnostic_curve,
+    task_labels,
+    topk_curve,
 )
-
-# Avalanche 0.6's StreamTopkAccuracy is named "Topk_<k>_Acc_Stream" (topk_acc.py, __str__);
-# "Top<k>_Acc_Stream" is accepted too, like Top1_Acc_Stream is spelled.
-TOPK_STREAM_PREFIXES = ("Topk_{k}_Acc_Stream/eval_phase/test_stream", "Top{k}_Acc_Stream/eval_phase/test_stream")
-TASK_AGNOSTIC_ACC = "TaskAgnostic_Acc_Stream/eval_phase/test_stream"
-
-_EXP_TASK = re.compile(r"^/Task(\d+)/Exp\d+$")
 
 METRICS: Dict[str, Tuple[str, str, bool]] = {
     "final_accuracy": ("%", "accuracy on all seen classes after the last experience", True),
@@ -54,6 +55,15 @@ METRICS: Dict[str, Tuple[str, str, bool]] = {
                   True),
 }
 
+#: The values each metric can take (fractions), so that an interval or error bar drawn around a mean
+#: of a few runs can be clipped to it: accuracies lie in [0, 1]; forgetting and BWT are differences
+#: of two accuracies, in [-1, 1] (negative forgetting: the final accuracy beats every earlier one);
+#: Omega is a ratio of accuracies, >= 0.
+RANGES: Dict[str, Tuple[float, float]] = {
+    m: (-1.0, 1.0) if m in ("forgetting", "bwt") else (0.0, math.inf) if unit == "ratio" else (0.0, 1.0)
+    for m, (unit, _, _) in METRICS.items()
+}
+
 
 class MetricError(StreamclError):
     """Inputs a paper metric cannot be computed from (e.g. an offline curve that does not match the run's)."""
@@ -67,51 +77,6 @@ def _clean(values: Sequence[float]) -> np.ndarray:
 def _mean(values: Sequence[float]) -> float:
     arr = _clean(values)
     return float(arr.mean()) if arr.size else math.nan
-
-
-def _n_experiences(rows: Sequence[Row]) -> int:
-    return max((int(r["experience"]) for r in rows), default=-1) + 1
-
-
-def _dense_curve(rows: Sequence[Row], prefix: str) -> List[float]:
-    """Per trained experience, the stream accuracy logged under ``prefix`` (optionally /TaskNNN), NaN where absent.
-
-    Reuses :func:`streamcl.results.accuracy_per_experience` (task-free key, else mean over per-task
-    keys) by renaming the metric to Top-1's; ``[]`` when no row has the metric.
-    """
-    by_exp: Dict[int, List[Row]] = {}
-    for r in rows:
-        if r["metric"].startswith(prefix):
-            renamed = dict(r, metric=STREAM_ACC_PREFIX + r["metric"][len(prefix):])
-            by_exp.setdefault(int(r["experience"]), []).append(renamed)
-    if not by_exp:
-        return []
-    out = []
-    for t in range(_n_experiences(rows)):
-        vals = accuracy_per_experience(by_exp.get(t, []))
-        out.append(vals[0] if vals else math.nan)
-    if all(math.isnan(v) for v in out):
-        return []
-    return out
-
-
-def accuracy_curve(rows: Sequence[Row]) -> List[float]:
-    """Top-1 accuracy on seen classes after each trained experience, NaN for an experience never evaluated.
-
-    Unlike :func:`streamcl.results.accuracy_per_experience`, a missing step stays in place, so
-    ``curve[t]`` is always experience t (needed to pair a run's steps with an offline run's).
-    """
-    return _dense_curve(rows, STREAM_ACC_PREFIX)
-
-
-def accuracy_matrix_from_rows(rows: Sequence[Row]) -> np.ndarray:
-    """``acc[t, j]`` from the ``Top1_Acc_Exp`` rows, NaN where not evaluated; square, one row per trained experience."""
-    cells = experience_accuracies(rows)
-    n = max([_n_experiences(rows)] + [max(t, j) + 1 for t, j, _ in cells])
-    m = np.full((n, n), np.nan)
-    for t, j, v in cells:
-        m[t, j] = v
-    return m
 
 
 def average_incremental_accuracy(curve: Sequence[float]) -> float:
@@ -178,34 +143,10 @@ def omega(curve: Sequence[float], offline_curve: Sequence[float]) -> float:
         if math.isnan(float(a)):
             continue
         if math.isnan(float(o)) or float(o) == 0.0:
-            raise MetricError(f"omega: the offline learner's accuracy at step {t} is {o}, so the ratio is "
-                              "undefined; rerun the offline learner's evaluation of that experience")
+            raise MetricError(f"omega: the offline learner's accuracy after experience {t + 1} is {o}, so the "
+                              "ratio is undefined; rerun the offline learner's evaluation of that experience")
         ratios.append(float(a) / float(o))
     return _mean(ratios)
-
-
-def topk_curve(rows: Sequence[Row], k: int) -> List[float]:
-    """Top-k accuracy on seen classes after each trained experience, from Avalanche's StreamTopkAccuracy.
-
-    Read like the top-1 curve (per trained experience, task-free key else mean over /TaskNNN keys);
-    NaN for an experience without the row, ``[]`` when top-k was not logged.
-    """
-    for template in TOPK_STREAM_PREFIXES:
-        curve = _dense_curve(rows, template.format(k=k))
-        if curve:
-            return curve
-    return []
-
-
-def task_labels(rows: Sequence[Row]) -> List[int]:
-    """Task labels appearing in the per-experience accuracy rows (``.../TaskNNN/ExpMMM``), sorted."""
-    labels = set()
-    for r in rows:
-        if r["metric"].startswith(EXP_ACC_PREFIX):
-            m = _EXP_TASK.match(r["metric"][len(EXP_ACC_PREFIX):])
-            if m:
-                labels.add(int(m.group(1)))
-    return sorted(labels)
 
 
 def task_aware_accuracies(rows: Sequence[Row]) -> List[float]:
@@ -222,35 +163,17 @@ def task_aware_accuracies(rows: Sequence[Row]) -> List[float]:
     return [_mean(acc[t, : t + 1]) for t in range(acc.shape[0])]
 
 
-def task_agnostic_curve(rows: Sequence[Row]) -> List[float]:
-    """Accuracy when the model must infer the task (arg-max over all heads), per trained experience.
+def metrics_from_rows(rows: Sequence[Row], offline_rows: Optional[Sequence[Row]] = None) -> Dict[str, float]:
+    """Every metric in :data:`METRICS` from one run's rows, as fractions (NaN where the run did not log it).
 
-    Reads ``TaskAgnostic_Acc_Stream/eval_phase/test_stream`` (with or without /TaskNNN); NaN for an
-    experience without it, ``[]`` when the metric was not logged.
+    The one computation behind the report's tables and the run's ``summary.json``
+    (:func:`summary_fields`), so the two always agree. ``offline_rows``: the offline learner's
+    run of the same id (for ``omega_all``, NaN without it); a mismatch raises :class:`MetricError`.
     """
-    return _dense_curve(rows, TASK_AGNOSTIC_ACC)
-
-
-def run_metrics(run_dir: Path, offline_dir: Optional[Path] = None) -> Dict[str, float]:
-    """Every metric in :data:`METRICS` for one run folder (its ``metrics.csv``), as fractions.
-
-    ``offline_dir`` is the offline learner's run folder with the same run id (for ``omega_all``,
-    NaN without it). Metrics the run did not log are NaN; a mismatched offline run raises MetricError.
-    """
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.csv")
     curve = accuracy_curve(rows)
     acc = accuracy_matrix_from_rows(rows)
     top5 = topk_curve(rows, 5)
     aware = task_aware_accuracies(rows)
-    omega_all = math.nan
-    if offline_dir is not None:
-        offline_dir = Path(offline_dir)
-        offline = accuracy_curve(read_metrics(offline_dir / "metrics.csv"))
-        try:
-            omega_all = omega(curve, offline)
-        except MetricError as e:
-            raise MetricError(f"{run_dir} vs offline run {offline_dir}: {e}") from None
     out = {
         "final_accuracy": last_accuracy(curve),
         "average_incremental_accuracy": average_incremental_accuracy(curve),
@@ -261,15 +184,54 @@ def run_metrics(run_dir: Path, offline_dir: Optional[Path] = None) -> Dict[str, 
         "task_aware_final_accuracy": last_accuracy(aware),
         "task_aware_average_accuracy": average_incremental_accuracy(aware),
         "task_agnostic_final_accuracy": last_accuracy(task_agnostic_curve(rows)),
-        "omega_all": omega_all,
+        "omega_all": math.nan if offline_rows is None else omega(curve, accuracy_curve(offline_rows)),
     }
     assert list(out) == list(METRICS)
     return out
 
 
+def run_metrics(run_dir: Path, offline_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Every metric in :data:`METRICS` for one run folder (its ``metrics.csv``), as fractions.
+
+    ``offline_dir`` is the offline learner's run folder with the same run id (for ``omega_all``,
+    NaN without it). Metrics the run did not log are NaN; a mismatched offline run raises MetricError
+    naming both folders.
+    """
+    offline = None if offline_dir is None else read_run(Path(offline_dir))
+    try:
+        return metrics_from_rows(read_run(Path(run_dir)), offline)
+    except MetricError as e:
+        raise MetricError(f"{run_dir} vs offline run {offline_dir}: {e}") from None
+
+
+def _json_number(x: float) -> Optional[float]:
+    """``x`` for JSON: None (null) for NaN, which JSON cannot hold."""
+    return None if math.isnan(x) else float(x)
+
+
+def summary_fields(rows: Sequence[Row]) -> Dict[str, Any]:
+    """The figures a run's ``summary.json`` holds, from its rows, JSON-ready (null: not logged / not measured).
+
+    ``final_accuracy``, ``average_incremental_accuracy``, ``forgetting`` and ``bwt`` are
+    :func:`metrics_from_rows`'s, the very numbers the report's tables show; ``stored_bytes`` is
+    :func:`~streamcl.results.replay_bytes` (null when the run did not measure it, 0 when the
+    method stores nothing); ``accuracy_per_experience`` lists the evaluated experiences in order.
+    """
+    m = metrics_from_rows(rows)
+    return {
+        "final_accuracy": _json_number(m["final_accuracy"]),
+        "average_incremental_accuracy": _json_number(m["average_incremental_accuracy"]),
+        "accuracy_per_experience": accuracy_per_experience(rows),
+        "forgetting": _json_number(m["forgetting"]),
+        "bwt": _json_number(m["bwt"]),
+        "stored_bytes": replay_bytes(rows),
+    }
+
+
 __all__ = [
     "METRICS",
     "MetricError",
+    "RANGES",
     "TASK_AGNOSTIC_ACC",
     "TOPK_STREAM_PREFIXES",
     "accuracy_curve",
@@ -278,8 +240,10 @@ __all__ = [
     "backward_transfer",
     "forgetting",
     "last_accuracy",
+    "metrics_from_rows",
     "omega",
     "run_metrics",
+    "summary_fields",
     "task_agnostic_curve",
     "task_aware_accuracies",
     "task_labels",

@@ -104,7 +104,12 @@ def comparison_table(rows: Sequence[Mapping[str, Any]]) -> Table:
                                     "within tolerance", "status"], align="llrrrrll")
     sources: List[str] = []
     for r in rows:
-        measured = "n/a" if math.isnan(r["measured"]) else f"{r['measured']:.2f} ± {r['std']:.2f} (n={r['n']})"
+        if math.isnan(r["measured"]):
+            measured = "n/a"
+        elif r["n"] == 1:  # one run has no spread to show
+            measured = f"{r['measured']:.2f} (n=1)"
+        else:
+            measured = f"{r['measured']:.2f} ± {r['std']:.2f} (n={r['n']})"
         t.rows.append([r["cell"], r["metric"], measured, _num(r["published"]), _num(r["difference"], sign=True),
                        f"± {r['tolerance']:g}", "yes" if r["within"] else "no", status(r)])
         if r["source"] and r["source"] not in sources:

@@ -45,18 +45,14 @@ from streamcl.errors import CheckpointError, ConfigError, StreamclError
 from streamcl.faults import ENV as FAILPOINT_ENV
 from streamcl.faults import failpoint
 from streamcl.metrics import build_evaluator, build_loggers
+from streamcl.paper_metrics import summary_fields
 from streamcl.progress import RunProgressLogger, estimated_iterations, is_interactive
 from streamcl.registry import import_modules
 from streamcl.results import (
-    BWT,
     EXP_ACC_PREFIX,
-    FORGETTING,
     METRICS_HEADER,
-    REPLAY_BYTES,
     STREAM_ACC,
     ResultsError,
-    accuracy_per_experience,
-    last_values,
     read_metrics,
     read_summary,
     rows_to_csv_text,
@@ -334,19 +330,12 @@ class Run:
 
     def _summary(self, n_exp: int, wall: float) -> Dict[str, Any]:
         rows = [dict(zip(METRICS_HEADER, r)) for r in self.rows]
-        per_exp = accuracy_per_experience(rows)
-        last = last_values(rows)
         return {
             "cell": self.cell.name,
             "run": self.run,
             "digest": config_digest(self.cfg),
             "n_experiences": n_exp,
-            "final_accuracy": per_exp[-1] if per_exp else None,
-            "average_incremental_accuracy": sum(per_exp) / len(per_exp) if per_exp else None,
-            "accuracy_per_experience": per_exp,
-            "forgetting": last.get(FORGETTING),
-            "bwt": last.get(BWT),
-            "stored_bytes": int(last.get(REPLAY_BYTES, 0)),
+            **summary_fields(rows),
             "wall_time_s": round(wall, 3),
         }
 

@@ -14,6 +14,7 @@ import pytest
 from streamcl.errors import StreamclError
 from streamcl.paper_metrics import (
     METRICS,
+    RANGES,
     MetricError,
     accuracy_curve,
     accuracy_matrix_from_rows,
@@ -21,8 +22,10 @@ from streamcl.paper_metrics import (
     backward_transfer,
     forgetting,
     last_accuracy,
+    metrics_from_rows,
     omega,
     run_metrics,
+    summary_fields,
     task_agnostic_curve,
     task_aware_accuracies,
     topk_curve,
@@ -191,8 +194,8 @@ def test_omega_skips_steps_the_run_lacks():
 
 @pytest.mark.parametrize("offline, fragment", [
     ([0.9, 0.8], "3 steps but the offline learner has 2"),
-    ([0.9, 0.0, 1.0], "step 1"),
-    ([0.9, NAN, 1.0], "step 1"),
+    ([0.9, 0.0, 1.0], "after experience 2 "),  # index 1: users count experiences from 1
+    ([0.9, NAN, 1.0], "after experience 2 "),
 ])
 def test_omega_errors(offline, fragment):
     with pytest.raises(MetricError, match=fragment) as e:
@@ -303,3 +306,38 @@ def test_import_light():
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- one computation for summary.json and the tables; the rows read by streamcl.results -------------
+
+def test_summary_fields_are_metrics_from_rows_json_ready():
+    rows = as_dicts(run_rows(ACC3, CURVE3))
+    m = metrics_from_rows(rows)
+    f = summary_fields(rows)
+    assert (f["final_accuracy"], f["average_incremental_accuracy"], f["forgetting"], f["bwt"]) == \
+        (m["final_accuracy"], m["average_incremental_accuracy"], m["forgetting"], m["bwt"])
+    assert f["forgetting"] == pytest.approx(0.275)  # Chaudhry's, whether or not Avalanche's StreamForgetting ran
+    assert f["accuracy_per_experience"] == pytest.approx(CURVE3)
+    assert f["stored_bytes"] == 2000  # the last ReplayBytes row (1000 * t, t = 2)
+    single = summary_fields(as_dicts(run_rows([[0.9]], [0.9])))
+    assert single["forgetting"] is None and single["bwt"] is None  # NaN (one experience) -> JSON null
+
+
+def test_ranges():
+    assert RANGES["final_accuracy"] == (0.0, 1.0) and RANGES["top5_final_accuracy"] == (0.0, 1.0)
+    assert RANGES["forgetting"] == (-1.0, 1.0) and RANGES["bwt"] == (-1.0, 1.0)  # differences of accuracies
+    assert RANGES["omega_all"] == (0.0, math.inf) and set(RANGES) == set(METRICS)
+
+
+def test_results_groups_rows_and_tells_unmeasured_bytes_from_zero(tmp_path):
+    from streamcl import results
+
+    rows = as_dicts(run_rows(ACC3, CURVE3))
+    by_exp = results.rows_by_experience(list(reversed(rows)))
+    assert list(by_exp) == [0, 1, 2] and all(r["experience"] == t for t, rs in by_exp.items() for r in rs)
+    assert results.n_experiences(rows) == 3 and results.n_experiences([]) == 0
+    assert results.replay_bytes(rows) == 2000
+    assert results.replay_bytes([r for r in rows if not r["metric"].startswith("ReplayBytes")]) is None
+    assert results.replay_bytes(as_dicts([[0, 1, "ReplayBytes/train_phase/train_stream", 0.0]])) == 0
+    run = write_run(tmp_path / "run0", run_rows(ACC3, CURVE3))
+    assert results.read_run(run) == rows

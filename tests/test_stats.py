@@ -10,6 +10,7 @@ from scipy import stats as sps
 from streamcl.stats import (
     MIN_PAIRS_FOR_TEST,
     Summary,
+    clip_interval,
     format_ci,
     format_mean_std,
     paired_comparison,
@@ -41,6 +42,39 @@ def test_formatting():
     assert format_mean_std(s, scale=1, digits=3) == "0.421 ± 0.094"
     assert format_ci(summarize([0.5])) == "n/a"
     assert format_mean_std(summarize([])) == "n/a"
+
+
+def test_one_value_is_shown_without_a_spread():
+    # one run has no spread: "50.00", never "50.00 ± 0.00"
+    assert format_mean_std(summarize([0.5])) == "50.00"
+    assert format_mean_std(summarize([2.04]), scale=1, digits=1) == "2.0"
+    assert format_mean_std(summarize([0.5, math.nan])) == "50.00"  # NaN runs do not count
+
+
+def test_interval_clipped_to_bounds():
+    # [0.99, 0.80]: mean 0.895, std 0.13435, t_{0.975,1} = 12.7062 -> half 1.2071: [-0.312, 2.102] unbounded
+    free = summarize([0.99, 0.80])
+    assert free.ci_high == pytest.approx(0.895 + 12.7062 * 0.134350 / math.sqrt(2), abs=1e-4) and free.ci_high > 1
+    s = summarize([0.99, 0.80], bounds=(0.0, 1.0))
+    assert (s.ci_low, s.ci_high) == (0.0, 1.0) and (s.mean, s.std) == (free.mean, free.std)
+    assert format_ci(s) == "[0.0, 100.0]"
+    # inside the bounds nothing changes
+    assert summarize([0.5, 0.6, 0.55], bounds=(0.0, 1.0)) == summarize([0.5, 0.6, 0.55])
+
+
+def test_clip_interval_edges():
+    assert clip_interval(-0.2, 1.3, (0.0, 1.0)) == (0.0, 1.0)
+    assert clip_interval(0.2, 0.3) == (0.2, 0.3)  # no bounds: as is
+    assert clip_interval(1.2, 1.5, (0.0, 1.0)) == (1.0, 1.0)  # never low > high
+    low, high = clip_interval(math.nan, math.nan, (0.0, 1.0))
+    assert math.isnan(low) and math.isnan(high)  # undefined stays undefined
+
+
+def test_paired_interval_clipped_to_possible_differences():
+    a, b = {0: 1.0, 1: 0.0}, {0: 0.0, 1: 1.0}  # differences +1, -1: t interval ±12.7
+    assert paired_comparison(a, b).ci_high > 1
+    p = paired_comparison(a, b, bounds=(0.0, 1.0))
+    assert (p.ci_low, p.ci_high) == (-1.0, 1.0)
 
 
 def test_min_pairs_from_minimum_p():
