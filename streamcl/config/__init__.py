@@ -18,9 +18,9 @@ imports the runner, the report or the build step):
   ``device``, ``seed``/``class_order_seed``, ``imports`` (a user's own modules).
 * :mod:`~streamcl.config.sweep`: the ``sweep:`` section (cartesian product of values, cell names);
 * :mod:`~streamcl.config.launcher`: the ``launcher:`` section (local, ray, slurm and their resources);
+* :mod:`~streamcl.config.cell`: :class:`Cell`, one (benchmark, method) combination and its config;
 * :mod:`~streamcl.config.reference`: the ``reference:`` section (a paper's published numbers, its protocol);
-* :mod:`~streamcl.config.experiment`: :class:`Cell`, :class:`Experiment`,
-  :func:`validate`, :func:`load_experiment`.
+* :mod:`~streamcl.config.experiment`: :class:`Experiment`, :func:`validate`, :func:`load_experiment`.
 * :mod:`~streamcl.config.text`: one-line error text and key paths.
 
 Every name this module had before it became a package is still importable from here.

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from streamcl.config.cell import Cell
 from streamcl.config.compose import Origins, apply_override, deep_merge, expand_env, load_document
+from streamcl.config.reference import check_reference
 from streamcl.config.schema import (
     MAX_CELLS,
     METHOD_KEYS,
@@ -58,15 +60,6 @@ from streamcl.config.sweep import (
 from streamcl.config.text import KeyPath
 from streamcl.errors import ConfigError
 from streamcl.registry import BENCHMARKS, MODELS
-
-
-@dataclass
-class Cell:
-    """One (benchmark, method) combination of an experiment; run once per run id."""
-
-    name: str
-    config: Dict[str, Any]
-    sweep: Dict[str, Any] = field(default_factory=dict)  # this cell's swept values by sweep key ({}: no sweep)
 
 
 @dataclass
@@ -231,8 +224,6 @@ def validate(doc: Dict[str, Any], origins: Origins, file: Path, cli_launcher: Op
         resolve_offline(c, ("evaluation", "offline"), evaluation["offline"], grid)
     reference = None
     if doc.get("reference") is not None:
-        from streamcl.config.reference import check_reference
-
         reference = check_reference(c, ("reference",), doc["reference"], cells)
 
     from streamcl.config.launcher import check_launcher

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 from streamcl.config.text import KeyPath, short
 from streamcl.errors import ConfigError
 
-if TYPE_CHECKING:  # (imports point down: experiment imports this module)
-    from streamcl.config.experiment import Cell
+if TYPE_CHECKING:
+    from streamcl.config.cell import Cell
     from streamcl.config.schema import Checker
 
 REFERENCE_FILE = "reference.yaml"  # <output_dir>/<name>/reference.yaml: the section, for `streamcl report`
