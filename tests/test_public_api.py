@@ -54,7 +54,8 @@ EXCLUDED: Dict[str, str] = {}
 
 # Packages that hold implementation, not API: left out with everything under them, with the reason.
 INTERNAL: Dict[str, str] = {
-    "streamcl.checkpoint": "the runner's checkpoint format (save/load, allow-listed encoding); no project imports it",
+    "streamcl.checkpoint": "the runner's checkpoint format (save/load, allow-listed encoding), and the Avalanche "
+                           "checkpoint helpers docs/python.md shows (their signatures are Avalanche's own)",
 }
 
 # Modules the README and the docs tell users to import from: each must define __all__.

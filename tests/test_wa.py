@@ -101,9 +101,9 @@ def test_kd_weight_schedule_and_t_squared_switch():
 class _Probe(SupervisedPlugin):
     """Records l per experience and checks the loss WA builds against the formula on every batch."""
 
-    def __init__(self):
+    def __init__(self, loss_scale: str = "ce"):
         super().__init__()
-        self.lambdas, self.checked = [], 0
+        self.lambdas, self.checked, self.loss_scale = [], 0, loss_scale
 
     def before_training_epoch(self, strategy, **kw):
         if not self.lambdas or self.lambdas[-1][0] != strategy.clock.train_exp_counter:
@@ -122,15 +122,18 @@ class _Probe(SupervisedPlugin):
             kd = (p * (p.log() - F.log_softmax(out[:, old] / 2, dim=1))).sum(1).mean()
             lam = len(old) / (len(old) + len(strategy.new_classes))
             expected = (1 - lam) * ce + lam * kd
+            if self.loss_scale == "ce":  # the same divided by 1 - l: CE at full weight
+                expected = ce + lam / (1 - lam) * kd
         assert strategy.loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
         self.checked += 1
 
 
-def test_loss_uses_n_old_over_n_seen_per_experience():
+@pytest.mark.parametrize("loss_scale", ["ce", "paper"])
+def test_loss_uses_n_old_over_n_seen_per_experience(loss_scale):
     bm = tensor_stream(n_exp=3)
     torch.manual_seed(0)
-    probe = _Probe()
-    wa = make_wa(tiny_net(), plugins=[probe])
+    probe = _Probe(loss_scale)
+    wa = make_wa(tiny_net(), plugins=[probe], **({} if loss_scale == "ce" else {"loss_scale": loss_scale}))
     for exp in bm.train_stream:
         wa.train(exp)
     assert probe.lambdas == [(0, 0.0), (1, 0.5), (2, pytest.approx(4 / 6))]
@@ -237,10 +240,34 @@ def test_memory_joins_the_training_data_and_a_byte_budget_counts_images():
     wa.plugins.insert(0, Size())
     wa.train(bm.train_stream[1])
     assert sizes["n"] == 20 + 6
+    assert wa.exemplar_sampling == "concat"  # the default: one loader over data + exemplars, as the paper
     with pytest.raises(ConfigError):
         make_wa(tiny_net(), memory={"bytes": "lots"})
     with pytest.raises(ConfigError, match="single-head"):
         make_wa(MultiHeadNet(nn.Sequential(nn.Flatten(), nn.Linear(48, 8)), 8))
+
+
+def test_balanced_sampling_puts_a_memory_batch_beside_every_batch():
+    """``exemplar_sampling: balanced``: Avalanche's ReplayDataLoader, ``train_mb_size`` new + ``mem_mb_size`` exemplars."""
+    bm = tensor_stream(n_exp=2, n_train=12)
+    torch.manual_seed(0)
+    wa = make_wa(tiny_net(), memory=8, exemplar_sampling="balanced", mem_mb_size=4, epochs=1)
+    wa.train(bm.train_stream[0])  # no exemplars yet: Avalanche's own loader
+    batches, sizes = [], []
+
+    class Batches(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **kw):
+            sizes.append(len(strategy.adapted_dataset))
+
+        def before_backward(self, strategy, **kw):
+            batches.append(strategy.mb_y.tolist())
+
+    wa.plugins.insert(0, Batches())
+    wa.train(bm.train_stream[1])
+    assert sizes == [24]  # the experience alone: exemplars come from their own loader
+    assert len(batches) == 3  # one pass over the 24 new images in batches of 8
+    for ys in batches:
+        assert len(ys) == 8 + 4 and sum(y in (0, 1) for y in ys) == 4 and sum(y in (2, 3) for y in ys) == 8
 
 
 # ------------------------------------------------------------------ checkpoint state
@@ -461,7 +488,10 @@ def test_gamma_above_one_is_reported_once_and_skipped_by_default():
 
 @pytest.mark.parametrize("kw, key", [({"classifier_bias": "drop"}, "strategy.classifier_bias"),
                                      ({"max_gamma": 0.0}, "strategy.max_gamma"),
-                                     ({"max_gamma": -1.0}, "strategy.max_gamma")])
+                                     ({"max_gamma": -1.0}, "strategy.max_gamma"),
+                                     ({"exemplar_sampling": "mixed"}, "strategy.exemplar_sampling"),
+                                     ({"loss_scale": "none"}, "strategy.loss_scale"),
+                                     ({"mem_mb_size": 0}, "strategy.mem_mb_size")])
 def test_bias_and_gamma_switches_reject_bad_values(kw, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         make_wa(tiny_net(), **kw)

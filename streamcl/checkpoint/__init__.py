@@ -23,12 +23,16 @@ Submodules (each imports only those above it):
 * :mod:`~streamcl.checkpoint.files`: atomic :func:`save`, checked :func:`load`,
   :func:`remove_stale_temp`;
 * :mod:`~streamcl.checkpoint.coverage`: :data:`RESUME_NOT_TESTED` and
-  :func:`warn_unverified`.
+  :func:`warn_unverified`;
+* :mod:`~streamcl.checkpoint.avalanche_native`: :func:`save_checkpoint` and
+  :func:`maybe_load_checkpoint`, Avalanche's own dill checkpoints made to work with the pinned
+  torch and dill, and atomic (for Avalanche users; the runner does not use them).
 
 Anything malformed raises :class:`~streamcl.errors.CheckpointError`, one line
 naming the file, the entry at fault and the fix (``--restart``).
 """
 
+from streamcl.checkpoint.avalanche_native import dill_byref, maybe_load_checkpoint, save_checkpoint
 from streamcl.checkpoint.base import FORMAT
 from streamcl.checkpoint.coverage import RESUME_NOT_TESTED, warn_unverified
 from streamcl.checkpoint.decode import RestoreContext, restore
@@ -38,7 +42,7 @@ from streamcl.checkpoint.rng import check_rng_state, rng_state, set_rng_state
 from streamcl.checkpoint.strategy_state import capture_strategy, encode_object, restore_strategy
 
 __all__ = [
-    "FORMAT", "RESUME_NOT_TESTED", "RestoreContext", "capture_strategy", "check_rng_state", "encode",
-    "encode_object", "load", "remove_stale_temp", "restore", "restore_strategy", "rng_state", "save",
-    "set_rng_state", "warn_unverified",
+    "FORMAT", "RESUME_NOT_TESTED", "RestoreContext", "capture_strategy", "check_rng_state", "dill_byref",
+    "encode", "encode_object", "load", "maybe_load_checkpoint", "remove_stale_temp", "restore",
+    "restore_strategy", "rng_state", "save", "save_checkpoint", "set_rng_state", "warn_unverified",
 ]

@@ -3,7 +3,10 @@
 REMIND is :class:`~streamcl.plugins.latent_replay.LatentReplayPlugin` with a
 faiss product quantiser (:class:`~streamcl.models.pq.PQCodec`) and these settings:
 
-- **base initialisation** on the first experience: the head (optionally the
+- **base initialisation** on the first experience (on an online stream, its mini-experiences
+  from ``split_online_stream(..., access_task_boundaries=True)``: the base experience ends after
+  as many of them as the splitter made, ``sub_stream_length``, or at its ``is_last_subexp``, or
+  when one of another origin arrives; a stream that hides its boundaries is refused): the head (optionally the
   whole net, ``base_train_trunk``) trains normally on the direct path
   ``head(trunk(x))`` for ``base_epochs`` epochs; then the PQ is fitted on the
   spatial C-vectors of the base features and every base example is encoded
@@ -152,7 +155,9 @@ class REMINDPlugin(LatentReplayPlugin):
     :param base_epochs: epochs of the base initialisation, i.e. of the first experience. ``None``:
         the strategy's ``train_epochs`` when the first experience starts, which is the YAML's
         ``first_experience_epochs`` under ``streamcl run`` (the runner sets ``train_epochs`` per
-        experience) and :class:`streamcl.strategies.REMIND`'s ``first_experience_epochs``.
+        experience) and :class:`streamcl.strategies.REMIND`'s ``first_experience_epochs``. On an
+        online stream it holds for each mini-experience of the base experience; ``train_epochs``
+        is restored after every (mini-)experience.
     :param base_train_trunk: also train the trunk during base initialisation (frozen again afterwards).
     :param pq_train_vectors: at most this many C-vectors (sampled uniformly) train the PQ.
     :param pq_niter: k-means iterations of the PQ training.
@@ -262,6 +267,11 @@ class REMINDPlugin(LatentReplayPlugin):
         self.steps = 0  # optimiser steps taken by REMIND while streaming
         self._saved_train_epochs: Optional[int] = None
         self._in_base = False
+        # where the base experience is (online streams: its origin, mini-experiences trained, data)
+        self._base_origin: Optional[Tuple[str, int]] = None  # ("index" | "id", value)
+        self._base_parts: set = set()
+        self._base_dataset: Any = None
+        self._base_position: Optional[Tuple[int, bool, Optional[int]]] = None
         # per-sample steps: the mini-batch's codes and decoded maps, the step being taken
         self._batch_codes: Optional[Tensor] = None
         self._new_feats: Optional[Tensor] = None
@@ -287,6 +297,8 @@ class REMINDPlugin(LatentReplayPlugin):
 
     # ------------------------------------------------------------------ base initialisation
     def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.base_done:
+            self._track_base(strategy)
         super().before_training_exp(strategy, *args, **kwargs)
         self._in_base = not self.base_done
         if not self._in_base:
@@ -302,27 +314,67 @@ class REMINDPlugin(LatentReplayPlugin):
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, *args, **kwargs)
         self._uninstall_per_sample_epoch(strategy)
-        if not self._in_base:
-            return
-        exp = strategy.experience
-        # Online streams fire this per mini-experience: initialise once the base experience is over.
-        try:
-            last = bool(getattr(exp, "is_last_subexp", True))
-        except Exception:  # masked attribute (no access to task boundaries)
-            last = True
-        if not last:
-            return
-        if self._saved_train_epochs is not None:
+        if self._saved_train_epochs is not None:  # base_epochs holds for this (mini-)experience only
             strategy.train_epochs = self._saved_train_epochs
             self._saved_train_epochs = None
+        if not self._in_base:
+            return
+        self._in_base = False
+        position = self._base_position
+        self._base_position = None
+        if position is not None:  # a mini-experience of an online stream
+            part, is_last, length = position
+            self._base_parts.add(part)
+            # The base experience is over when its last mini-experience says so, or when as many
+            # mini-experiences of it as the splitter made (sub_stream_length) have been trained:
+            # Avalanche 0.6 sets is_last_subexp only when the last one is shorter than the others.
+            if not (is_last or (length is not None and len(self._base_parts) >= length)):
+                return
+        self._finish_base(strategy, self._base_dataset)
+
+    def _track_base(self, strategy: Any) -> None:
+        """Before a (mini-)experience while the base initialisation is pending: where is the base experience?
+
+        Whole experiences: the first one is the base experience. Mini-experiences of an online
+        stream (``split_online_stream``): the base experience is the origin experience of the
+        first one; it ends after its last mini-experience (see :meth:`after_training_exp`) or,
+        failing that, when a mini-experience of another origin arrives, which then
+        initialises first. Decided from what the plugin sees, not from a single flag.
+        """
+        exp = strategy.experience
+        info = _online_position(exp)
+        if info is None and self._base_origin is not None:  # whole experiences after an online base
+            self._finish_base(strategy, self._base_dataset)
+            return
+        if info is None:
+            self._base_position = None
+            self._base_dataset = exp.dataset
+            return
+        origin, key, part, is_last, length = info
+        if self._base_origin is not None and key != self._base_origin:
+            # The base experience ended without a mini-experience we could recognise as its last.
+            self._finish_base(strategy, self._base_dataset)
+            return
+        if part is None:
+            part = len(self._base_parts)
+        self._base_origin = key
+        self._base_dataset = origin.dataset
+        self._base_position = (part, is_last, length)
+
+    def _finish_base(self, strategy: Any, dataset: Any) -> None:
+        """End of the base experience: freeze the trunk again, fit the PQ, fill the buffer."""
+        if dataset is None:
+            raise StreamclError(
+                "REMINDPlugin: the base experience ended but its data is not known (resumed between two of "
+                "its mini-experiences?): restart the run, or resume after the whole first experience"
+            )
         if self.base_train_trunk:
             self.model_cut(strategy.model).freeze()
-        try:
-            dataset = exp.origin_experience.dataset
-        except Exception:
-            dataset = exp.dataset
         self.base_initialise(strategy, dataset)
-        self._in_base = False
+        self._base_origin = None
+        self._base_dataset = None
+        self._base_parts = set()
+        self._base_position = None
 
     @staticmethod
     def _eval_view(dataset: Any) -> Any:
@@ -518,6 +570,8 @@ class REMINDPlugin(LatentReplayPlugin):
             "nbits": int(self.pq.nbits),
             "mode": self.mode,
             "base_done": bool(self.base_done),
+            "base_origin": self._base_origin[1] if self._base_origin and self._base_origin[0] == "index" else None,
+            "base_parts": sorted(int(p) for p in self._base_parts),
             "steps": int(self.steps),
             "lr": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
         }
@@ -535,6 +589,9 @@ class REMINDPlugin(LatentReplayPlugin):
         super().load_state_dict(state)  # type: ignore[arg-type]
         if cfg:
             self.base_done = bool(cfg.get("base_done", False))
+            origin = cfg.get("base_origin")
+            self._base_origin = None if origin is None else ("index", int(origin))
+            self._base_parts = {int(p) for p in cfg.get("base_parts", [])}
             self.steps = int(cfg.get("steps", 0))
             if self.lr_scheduler is not None and cfg.get("lr") is not None:
                 self.lr_scheduler.load_state_dict(cfg["lr"])
@@ -587,3 +644,40 @@ def per_sample_training_epoch(strategy: Any, plugin: REMINDPlugin, **kwargs: Any
         strategy.loss = strategy._make_empty_loss() + strategy.criterion().detach()
         plugin.end_minibatch(strategy)
         strategy._after_training_iteration(**kwargs)
+
+
+def _online_position(exp: Any) -> Optional[Tuple[Any, Tuple[str, int], Optional[int], bool, Optional[int]]]:
+    """``(origin, origin_key, index, is_last_subexp, sub_stream_length)`` of a mini-experience of an
+    online stream; None for a whole experience. Refuses online streams that hide their boundaries."""
+    from avalanche.benchmarks.scenarios.online import OnlineCLExperience
+
+    if not isinstance(exp, OnlineCLExperience) and "origin_experience" not in vars(exp):
+        return None
+    fix = ("REMIND's base initialisation needs to know where the first experience ends: build the online "
+           "stream with avalanche's split_online_stream(stream, experience_size, access_task_boundaries=True) "
+           "(streamcl's benchmark.online_mb_size does), or train on whole experiences")
+    try:
+        boundaries = bool(getattr(exp, "access_task_boundaries", True))
+        origin = exp.origin_experience
+        is_last = bool(exp.is_last_subexp)
+        length = exp.sub_stream_length
+    except (AttributeError, ValueError):  # avalanche's MaskedAttributeError is a ValueError
+        boundaries, origin, is_last, length = False, None, False, None
+    if not boundaries:
+        raise StreamclError(f"REMINDPlugin: this online stream hides its experience boundaries "
+                            f"(access_task_boundaries=False). {fix}")
+    if origin is None:
+        raise StreamclError(f"REMINDPlugin: this online mini-experience has no origin experience "
+                            f"(a stream with blurred boundaries?). {fix}")
+    key = _int_attr(origin, "current_experience")
+    part = _int_attr(exp, "current_experience")
+    return (origin, ("id", id(origin)) if key is None else ("index", key), part, is_last,
+            None if length is None else int(length))
+
+
+def _int_attr(obj: Any, name: str) -> Optional[int]:
+    try:
+        value = getattr(obj, name)
+    except Exception:  # unset or masked
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None

@@ -179,7 +179,10 @@ def dytox_train_transform(
     std: Sequence[float] = IMAGENET_STD,
 ):
     """timm's training pipeline with RandAugment (the authors' settings); on images <= 32 px the
-    random-resized crop becomes resize + ``RandomCrop(img_size, padding=4)``, as the authors did on CIFAR."""
+    random-resized crop becomes resize + ``RandomCrop(img_size, padding=4)``, as the authors did on CIFAR.
+
+    Returns a :class:`DyToxTrainTransform`: PIL images go through timm's pipeline as they are;
+    image tensors too (RandAugment is PIL-only), see there."""
     from timm.data import create_transform
     from torchvision import transforms as T
 
@@ -193,7 +196,94 @@ def dytox_train_transform(
         for aug in getattr(op, "ops", []):  # timm's RandAugment
             if getattr(aug, "name", "").startswith("Posterize"):
                 aug.aug_fn = _posterize
-    return t
+    return DyToxTrainTransform(t)
+
+
+class DyToxTrainTransform:
+    """DyTox's training augmentation for PIL images and for image tensors.
+
+    timm's RandAugment works on PIL images only (on a tensor it fails deep inside timm, with a
+    different error for each op it draws). A tensor image (C x H x W or H x W, 1 or 3 channels)
+    is therefore turned into a PIL image exactly when that is lossless or nearly so, run through
+    the same pipeline and returned as the pipeline's normalised float tensor:
+
+    * ``uint8`` tensors: as they are;
+    * floating-point tensors with values in ``[0, 1]`` (what ``ToTensor`` gives): scaled by 255
+      and rounded (8-bit, as a PNG or JPEG of them);
+    * anything else (values outside ``[0, 1]``, e.g. already normalised, or other channel
+      counts) cannot be an image without changing it: RandAugment is skipped for those, crop,
+      flip and normalisation still apply, with one warning naming ``augment: null``
+      (``DyTox(augment=None)``), which keeps the benchmark's own training transforms instead.
+
+    ``normalize_tensors=False`` leaves tensor images unnormalised (DyTox sets it when the
+    benchmark's evaluation transforms have no ``Normalize``, so training sees what evaluation sees).
+    """
+
+    def __init__(self, pipeline: Any, normalize_tensors: bool = True):
+        self.pipeline = pipeline
+        self.normalize_tensors = bool(normalize_tensors)
+        self._warned = False
+
+    @property
+    def transforms(self) -> list:
+        """The steps of timm's pipeline (as ``Compose.transforms``)."""
+        return self.pipeline.transforms
+
+    def _split(self) -> Tuple[list, list]:
+        """timm's pipeline as (the steps on PIL images, the steps from ``ToTensor`` on)."""
+        ops = list(self.pipeline.transforms)
+        at = next((i for i, op in enumerate(ops) if "ToTensor" in type(op).__name__), len(ops))
+        return ops[:at], ops[at:]
+
+    def _run_pil(self, img: Any, tail: list) -> Any:
+        head, _ = self._split()
+        mode = getattr(img, "mode", "RGB")
+        if mode == "L":  # timm's RandAugment fills with an RGB colour: augment in RGB, back to 1 channel
+            img = img.convert("RGB")
+        for op in head:
+            img = op(img)
+        if mode == "L":
+            img = img.convert("L")
+        for op in tail:
+            img = op(img)
+        return img
+
+    def __call__(self, img: Any) -> Any:
+        _, tail = self._split()
+        if not isinstance(img, torch.Tensor):
+            return self._run_pil(img, tail)
+        from torchvision.transforms.functional import to_pil_image
+
+        if not self.normalize_tensors:
+            tail = [op for op in tail if type(op).__name__ != "Normalize"]
+        x = img.detach().cpu()
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        as_image = x.dim() == 3 and x.shape[0] in (1, 3)
+        if as_image and x.dtype != torch.uint8:
+            as_image = x.is_floating_point() and bool(x.numel()) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+            if as_image:
+                x = (x * 255.0).round().to(torch.uint8)
+        if as_image:
+            return self._run_pil(to_pil_image(x), tail)
+        if not self._warned:
+            self._warned = True
+            lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+            warnings.warn(
+                f"DyTox: RandAugment needs images (PIL, uint8 tensors or float tensors in [0, 1]); these training "
+                f"tensors ({x.dtype}, shape {tuple(img.shape)}, values in [{lo:.3g}, {hi:.3g}]) are not, so "
+                "RandAugment is skipped for them (crop, flip and normalisation still apply). Give the benchmark "
+                "images in [0, 1], or set augment: null (DyTox(augment=None)) to keep its own training transforms",
+                stacklevel=2,
+            )
+        x = x.float()
+        for op in self._split()[0] + tail:
+            if type(op).__name__ != "RandAugment":
+                x = op(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"DyToxTrainTransform({self.pipeline!r}, normalize_tensors={self.normalize_tensors})"
 
 
 def _posterize(img, bits_to_keep: int, **_: Any):
@@ -268,8 +358,10 @@ class DyTox(SupervisedTemplate):
     :param finetune_epochs: epochs of that phase (the paper: 20).
     :param finetune_lr: base lr of the finetuning phase (scaled like the others, kept constant).
     :param herding_features: ``all`` task embeddings concatenated (the authors' ``icarl_all``) or the ``last``.
-    :param augment: timm RandAugment policy for training images (PIL inputs), or null to keep the
-        benchmark's training transforms.
+    :param augment: timm RandAugment policy for training images, or null to keep the
+        benchmark's training transforms. PIL images and image tensors (uint8, or floats in
+        ``[0, 1]``) are augmented alike; other tensors get crop and flip only, with a warning
+        (see :class:`DyToxTrainTransform`).
     :param bce: binary cross-entropy on one-hot targets (the paper); False uses ``criterion``
         (default cross-entropy) on the task-ordered logits.
     """
@@ -413,14 +505,16 @@ class DyTox(SupervisedTemplate):
         if self.augment is None:
             return dataset
         if self._train_transform is None:
-            norm = find_normalization(dataset)
+            found = norm = find_normalization(dataset)
             if norm is None:
-                warnings.warn("DyTox: no Normalize found in the benchmark's eval transforms; "
-                              "augmented training images are normalised with ImageNet statistics", stacklevel=2)
+                warnings.warn("DyTox: no Normalize found in the benchmark's eval transforms; augmented PIL "
+                              "training images are normalised with ImageNet statistics (tensor images are left "
+                              "unnormalised, as evaluation sees them)", stacklevel=2)
                 norm = (IMAGENET_MEAN, IMAGENET_STD)
             self._train_transform = dytox_train_transform(
                 self.model.img_size, auto_augment=self.augment, mean=norm[0], std=norm[1]
             )
+            self._train_transform.normalize_tensors = found is not None
         # A new layer that owns the transform: Avalanche's replace_current_transform_group
         # puts it on a node that subset() flattens away (the TaskBalancedDataLoader subsets).
         from avalanche.benchmarks.utils.transform_groups import TransformGroups
@@ -457,7 +551,9 @@ class DyTox(SupervisedTemplate):
         """Expand the model, freeze old tokens/heads, build the main phase's optimiser and schedule."""
         if isinstance(self.experience, OnlineCLExperience):
             raise ConfigError("DyTox trains whole experiences (epochs, then a finetuning phase) and cannot run on "
-                              "an online stream; remove benchmark.online_mb_size", key="strategy.name")
+                              "an online stream: train on the benchmark's experiences, not on avalanche's "
+                              "split_online_stream(...) mini-experiences (in a YAML: remove benchmark.online_mb_size)",
+                              key="strategy.name")
         self.model = self.model_adaptation()
         self.phase = "main"
         self.model.set_trainable(encoder=True, old_tasks=False)
