@@ -144,7 +144,7 @@ def test_crumb_on_naive_with_other_plugins():
     model = bn_model()
     trunk_before = {k: v.clone() for k, v in model.trunk.state_dict().items()}  # weights AND BN stats
     head_before = model.head[-1].weight.detach().clone()
-    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    plugin = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4, seed=0)
     ev = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), *reconstructed_accuracy_metrics(),
                           loggers=[])
     strat = naive(model, [plugin, EWCPlugin(ewc_lambda=1.0), MASPlugin(), LwFPlugin()], ev)
@@ -173,7 +173,7 @@ def test_crumb_on_naive_with_other_plugins():
 
 def test_replay_step_composition_and_weight(monkeypatch):
     model = bn_model()
-    plugin = CRUMBPlugin(memory=12, n_blocks=16, block_dim=4, seed=0, replay_weight=5.0)
+    plugin = CRUMBPlugin(recipe="paper", memory=12, n_blocks=16, block_dim=4, seed=0, replay_weight=5.0)
     strat = naive(model, [plugin], mb=5)
     bm = tiny_stream()
     strat.train(bm.train_stream[0])
@@ -195,7 +195,7 @@ def test_replay_step_composition_and_weight(monkeypatch):
 
 def test_gradients_are_clamped():
     model = bn_model()
-    plugin = CRUMBPlugin(memory=4, n_blocks=16, block_dim=4, clamp=0.01)
+    plugin = CRUMBPlugin(recipe="paper", memory=4, n_blocks=16, block_dim=4, clamp=0.01)
     strat = naive(model, [plugin])
     strat.optimizer.zero_grad()
     for p in model.head.parameters():
@@ -210,7 +210,7 @@ def test_gradients_are_clamped():
 )
 def test_ablation_switches(flags):
     model = bn_model()
-    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, **flags)
+    plugin = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4, seed=0, **flags)
     strat = naive(model, [plugin])
     bm = tiny_stream()
     strat.train(bm.train_stream[0])
@@ -229,10 +229,10 @@ def test_ablation_switches(flags):
 
 def test_flags_validation():
     with pytest.raises(ConfigError):
-        CRUMBPlugin(direct_loss_only=True, plus_direct_loss=True)
+        CRUMBPlugin(recipe="paper", direct_loss_only=True, plus_direct_loss=True)
     with pytest.raises(ConfigError):
-        CRUMBPlugin(init="zeros")
-    plugin = CRUMBPlugin(n_blocks=16, block_dim=3)
+        CRUMBPlugin(recipe="paper", init="zeros")
+    plugin = CRUMBPlugin(recipe="paper", n_blocks=16, block_dim=3)
     strat = naive(bn_model(), [plugin])
     with pytest.raises(StreamclError, match="divide"):
         strat.train(tiny_stream().train_stream[0])
@@ -241,7 +241,7 @@ def test_flags_validation():
 def test_memory_in_bytes_and_distmatch_preset_from_model():
     model = small_cnn_cut(4, width=8, seed=0)
     codebook_nbytes = 16 * 4 * 4  # the byte budget pays for the float32 codebook first
-    plugin = CRUMBPlugin(memory={"bytes": codebook_nbytes + 10 * (8 * 8 * 4 + 2) + 5}, n_blocks=16, block_dim=4)
+    plugin = CRUMBPlugin(recipe="paper", memory={"bytes": codebook_nbytes + 10 * (8 * 8 * 4 + 2) + 5}, n_blocks=16, block_dim=4)
     strat = naive(model, [plugin], mb=6)
     bm = tiny_stream(size=32)
     strat.train(bm.train_stream[0])
@@ -251,14 +251,14 @@ def test_memory_in_bytes_and_distmatch_preset_from_model():
     from streamcl.models import squeezenet_cut
 
     sq = squeezenet_cut(3, cut_layer=3)
-    codec = CRUMBPlugin().make_codec((96, 54, 54), sq)
+    codec = CRUMBPlugin(recipe="paper").make_codec((96, 54, 54), sq)
     assert not codec.is_fitted  # random trunk: distmatch statistics measured on the first batch
     f = torch.relu(torch.randn(2, 96, 4, 4)) * 3.0
     codec.fit(f)
     assert abs(codec.init_sparsity - float((f == 0).float().mean())) < 1e-6
     assert abs(codec.init_std - float(f[f > 0].pow(2).mean().sqrt())) < 1e-4
     sq.meta["pretrained"] = True  # what squeezenet_cut(weights=...) records
-    codec = CRUMBPlugin().make_codec((96, 54, 54), sq)
+    codec = CRUMBPlugin(recipe="paper").make_codec((96, 54, 54), sq)
     assert codec.is_fitted and (codec.init_std, codec.init_sparsity) == (0.73, 0.25)  # the paper's cut-3 preset
     assert abs(float((codec.memory == 0).float().mean()) - 0.25) < 0.05
 
@@ -266,12 +266,12 @@ def test_memory_in_bytes_and_distmatch_preset_from_model():
 def test_state_dict_roundtrip_and_resume():
     bm = tiny_stream()
     model = bn_model()
-    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    plugin = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4, seed=0)
     strat = naive(model, [plugin])
     strat.train(bm.train_stream[0])
     state = roundtrip(plugin.state_dict())
 
-    fresh = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    fresh = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4, seed=0)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.codec.memory, plugin.codec.memory)
     assert torch.equal(fresh.buffer.codes, plugin.buffer.codes)
@@ -285,22 +285,26 @@ def test_state_dict_roundtrip_and_resume():
     strat2.train(bm.train_stream[1])
     assert fresh.replay_steps > 0 and len(fresh.buffer.items_per_class()) == 4
     with pytest.raises(CheckpointError):
-        CRUMBPlugin(n_blocks=32, block_dim=4).load_state_dict(state)
+        CRUMBPlugin(recipe="paper", n_blocks=32, block_dim=4).load_state_dict(state)
 
 
 def test_pretrain_save_load(tmp_path):
     from torch.utils.data import TensorDataset
 
     model = bn_model()
-    plugin = CRUMBPlugin(n_blocks=16, block_dim=4, seed=0)
+    plugin = CRUMBPlugin(recipe="paper", n_blocks=16, block_dim=4, seed=0)
     data = TensorDataset(torch.randn(12, 3, 16, 16), torch.randint(0, 4, (12,)))
     losses = plugin.pretrain(model, data, epochs=2, mb_size=4)
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     path = plugin.save_pretrained(tmp_path / "crumb_pre.pt", model)
 
-    other = CRUMBPlugin(n_blocks=64, block_dim=8, pretrained=str(path))
+    other = CRUMBPlugin(recipe="paper", pretrained=str(path))  # shape unset: the file's
     assert (other.n_blocks, other.block_dim) == (16, 4)
     assert torch.equal(other.codec.memory, plugin.codec.memory)
+    for key, value in (("n_blocks", 64), ("block_dim", 8)):  # a set shape that disagrees: an error naming both
+        with pytest.raises(ConfigError, match=rf"{key}: {value} disagrees with the pretrained file .*16 x 4"):
+            CRUMBPlugin(pretrained=str(path), **{key: value})
+    assert CRUMBPlugin(n_blocks=16, block_dim=4, pretrained=str(path)).block_dim == 4
     model2 = bn_model(num_classes=7)  # another class count: final layer skipped
     codec, state = load_crumb_pretrained(path, model2)
     assert torch.equal(model2.head[0].weight, model.head[0].weight)
@@ -313,9 +317,9 @@ def test_pretrain_save_load(tmp_path):
     bad = tmp_path / "bad.pt"
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(CheckpointError, match="bad.pt"):
-        CRUMBPlugin(pretrained=str(bad))
+        CRUMBPlugin(recipe="paper", pretrained=str(bad))
     with pytest.raises(CheckpointError, match="missing.pt"):
-        CRUMBPlugin().load_pretrained(tmp_path / "missing.pt")
+        CRUMBPlugin(recipe="paper").load_pretrained(tmp_path / "missing.pt")
     # the pretraining loss has both terms by default
     h = pretrain_crumb(bn_model(), MemoryBlockCodec(16, 4, seed=0), data, epochs=1, mb_size=12, direct_loss=False)
     assert len(h) == 1
@@ -360,7 +364,10 @@ def test_pretrain_on_cached_features_equals_pretrain_on_images():
         losses = pretrain_crumb(model, codec, data, epochs=3, mb_size=4, seed=1, cache_features=cached)
         runs[cached] = (losses, CountingTrunkData.reads, model.state_dict(), codec.memory.detach().clone())
     (l0, reads0, m0, c0), (l1, reads1, m1, c1) = runs[False], runs[True]
-    assert reads0 == 3 * 12 and reads1 == 12  # images decoded once instead of once per epoch
+    # images decoded once instead of once per epoch (+ once after the epochs, for the base set's
+    # reconstruction error: what the streaming diagnostics compare with; cached: from the features)
+    assert reads0 == 3 * 12 + 12 and reads1 == 12
+    assert codec.reference_error is not None and 0 <= codec.reference_error
     assert l1 == pytest.approx(l0, rel=1e-5, abs=1e-6)
     assert torch.allclose(c0, c1, atol=1e-5) and all(torch.allclose(m0[k].float(), m1[k].float(), atol=1e-5)
                                                      for k in m0)
@@ -382,7 +389,7 @@ def test_crumb_strategy_and_registry():
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.training.plugins import EvaluationPlugin
 
-    strat = CRUMB(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
+    strat = CRUMB(recipe="paper", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
                   eval_mb_size=8, evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
                   memory=8, n_blocks=16, block_dim=4)
     assert isinstance(strat, Naive) and isinstance(strat.plugins[0], CRUMBPlugin)
@@ -398,7 +405,7 @@ def test_crumb_strategy_and_registry():
 
 def test_eval_mask_and_direct_path():
     model = bn_model()
-    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4)
+    plugin = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4)
     strat = naive(model, [plugin])
     bm = tiny_stream()
     strat.train(bm.train_stream[0])
@@ -419,7 +426,7 @@ def test_online_stream_mini_experiences():
     bm = tiny_stream(n_per_class=6)
     online = list(split_online_stream(bm.train_stream, experience_size=4, shuffle=False, access_task_boundaries=True))
     model = bn_model()
-    plugin = CRUMBPlugin(memory=6, n_blocks=16, block_dim=4, seed=0)
+    plugin = CRUMBPlugin(recipe="paper", memory=6, n_blocks=16, block_dim=4, seed=0)
     strat = naive(model, [plugin])
     for sub in online:
         strat.train(sub)
@@ -436,7 +443,7 @@ def test_last_pass_store_selects_like_a_second_walk_without_rerunning_the_trunk(
         model = bn_model()
         calls = []
         model.trunk.register_forward_hook(lambda mod, inp, out, calls=calls: calls.append(len(inp[0])))
-        plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, store=store)
+        plugin = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4, seed=0, store=store)
         strat = naive(model, [plugin])
         strat.train_epochs = 2  # codes are taken from the last of the two epochs
         for exp in tiny_stream().train_stream:
@@ -456,7 +463,7 @@ def test_experience_store_keeps_codes_of_the_final_codebook():
     # is the final codebook's code of one of that class's training images (last_pass codes are
     # the ones computed while the codebook was still moving).
     model = bn_model()
-    plugin = CRUMBPlugin(memory=6, n_blocks=16, block_dim=4, seed=0, store="experience")
+    plugin = CRUMBPlugin(recipe="paper", memory=6, n_blocks=16, block_dim=4, seed=0, store="experience")
     strat = naive(model, [plugin])
     exp = tiny_stream().train_stream[0]
     strat.train(exp, shuffle=False)
@@ -475,7 +482,7 @@ def test_raw_features_storage_ablation_keeps_float16_maps_under_the_same_rules()
     from streamcl.models import IdentityCodec
 
     model = bn_model()
-    plugin = CRUMBPlugin(memory=8, storage="raw_features", seed=0)
+    plugin = CRUMBPlugin(recipe="paper", memory=8, storage="raw_features", seed=0)
     strat = naive(model, [plugin])
     stream = tiny_stream()
     for exp in stream.train_stream:
@@ -489,18 +496,18 @@ def test_raw_features_storage_ablation_keeps_float16_maps_under_the_same_rules()
         f = model.trunk(x)
     assert torch.equal(plugin.codec.decode(plugin.codec.encode(f)), f.half().float())
     assert plugin.replay_nbytes() == 8 * (8 * 8 * 8 * 2 + 2)  # C*H*W float16 + int16 label, no codec state
-    fresh = CRUMBPlugin(memory=8, storage="raw_features")
+    fresh = CRUMBPlugin(recipe="paper", memory=8, storage="raw_features")
     fresh.load_state_dict(roundtrip(plugin.state_dict()))
     assert torch.equal(fresh.buffer.codes, plugin.buffer.codes)
     with pytest.raises(ConfigError, match="raw_features"):
-        CRUMBPlugin(storage="raw_features", freeze_memory=True)
+        CRUMBPlugin(recipe="paper", storage="raw_features", freeze_memory=True)
 
 
 def test_stream_store_protects_a_class_while_the_next_one_trains():
     # store="stream": codes are admitted as the first epoch goes, so the first class of an
     # experience is in the buffer (and replayed) while the experience's second class trains.
     model = bn_model()
-    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, store="stream")
+    plugin = CRUMBPlugin(recipe="paper", memory=8, n_blocks=16, block_dim=4, seed=0, store="stream")
     strat = naive(model, [plugin])
     seen_in_buffer = []
     plugin_after = plugin.after_training_iteration
@@ -525,10 +532,106 @@ def test_crumb_strategy_signature_mirrors_the_plugin():
         assert name in params and params[name].default == p.default, name
         assert f":param {name}:" in CRUMB.__doc__, name
     model = bn_model()
-    strat = CRUMB(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
+    strat = CRUMB(recipe="paper", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
                   eval_mb_size=8, evaluator=None, memory=8, n_blocks=16, block_dim=4, first_experience_epochs=2)
     epochs = []
     for exp in tiny_stream().train_stream:
         strat.train(exp)
         epochs.append(strat.clock.train_exp_epochs)
     assert epochs == [2, 1] and strat.latent_plugin.replay_steps > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue #26: the recipes, the k-means codebook, diagnostics, and no key silently overridden
+# ---------------------------------------------------------------------------------------------------------------
+def test_recipes_fill_only_the_keys_left_unset():
+    paper, balanced = CRUMBPlugin(recipe="paper"), CRUMBPlugin()
+    assert (paper.init, paper.replay, paper.replay_weight) == ("distmatch_sparse", "separate", 5.0)
+    assert (balanced.init, balanced.replay, balanced.replay_weight) == ("kmeans", "joint", 1.0)
+    mixed = CRUMBPlugin(recipe="paper", init="kmeans", replay_weight=2.0)
+    assert (mixed.init, mixed.replay, mixed.replay_weight) == ("kmeans", "separate", 2.0)
+    with pytest.raises(ConfigError, match="recipe"):
+        CRUMBPlugin(recipe="fast")
+
+
+def test_kmeans_codebook_reconstructs_far_better_than_the_paper_init():
+    from streamcl.models.codebook import relative_error
+
+    g = torch.Generator().manual_seed(0)
+    feats = F.relu(torch.randn(64, 16, 4, 4, generator=g) + 0.3)
+    km = MemoryBlockCodec(32, 4, init="kmeans", seed=0)
+    assert not km.is_fitted
+    km.fit(feats)
+    assert km.is_fitted and relative_error(km, feats) < 0.5 * relative_error(MemoryBlockCodec(32, 4, seed=0), feats)
+
+
+def test_diagnostics_reach_the_evaluator_and_one_warning_when_the_stream_fits_worse():
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from streamcl.plugins.latent_replay.diagnostics import CodecDiagnostics
+
+    plugin = CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+    strat = naive(bn_model(), [plugin], EvaluationPlugin(loggers=[]))
+    bm = tiny_stream()
+    for exp in bm.train_stream:
+        strat.train(exp)
+        strat.eval(bm.test_stream)
+    metrics = strat.evaluator.get_all_metrics()
+    for name in ("CodecError_New", "CodecError_Base"):
+        assert len(metrics[f"{name}/train_phase/train_stream"][1]) == 2, name
+    assert len(metrics["CodecError_Stored/train_phase/train_stream"][1]) == 1  # stored classes after experience 1
+    acc = metrics["Top1_Acc_JustTrained/eval_phase/test_stream"][1]
+    assert len(acc) == 2 and all(0.0 <= a <= 1.0 for a in acc)
+    d = CodecDiagnostics()
+    d.reference = 0.05
+    with pytest.warns(UserWarning, match="much worse|relative error against"):
+        assert d.check({"new": 0.4}, "CRUMB") is not None
+    assert d.check({"new": 0.9}, "CRUMB") is None  # once
+
+
+def _demo_with(overrides):
+    from pathlib import Path
+
+    from streamcl.config import load_experiment
+
+    repo = Path(__file__).resolve().parents[1]
+    return load_experiment(repo / "experiments" / "demo.yaml", ["runs=[0]", *overrides])
+
+
+@pytest.mark.parametrize("cell, pre, key", [
+    ("{name: crumb, memory: 40, block_dim: 8}", "{name: crumb, n_blocks: 256, block_dim: 16}", "block_dim"),
+    ("{name: crumb, memory: 40, n_blocks: 32}", "{name: crumb}", "n_blocks"),
+])
+def test_a_cell_whose_codebook_disagrees_with_the_pretrained_file_is_a_config_error(cell, pre, key):
+    with pytest.raises(ConfigError) as e:
+        _demo_with([f"methods={{crumb: {{plugins: [{cell}]}}}}", f"pretrain.plugin={pre}"])
+    msg = str(e.value)
+    assert e.value.key == f"plugins[0].{key}" and "\n" not in msg and "pretrain.plugin" in msg
+    assert ("8" in msg and "16" in msg) if key == "block_dim" else ("32" in msg and "256" in msg)
+    _demo_with([f"methods={{crumb: {{plugins: [{cell}]}}}}",  # the same shape on both sides is fine
+                f"pretrain.plugin={cell.replace('memory: 40, ', '')}"])
+
+
+def test_a_cell_whose_model_disagrees_with_the_pretraining_model_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"width: 16") as e:
+        _demo_with(["methods={naive: {model: {name: small_cnn_cut, width: 8}}}",
+                    "pretrain.model={name: small_cnn_cut, width: 16}"])
+    assert e.value.key == "model.width" and "8" in str(e.value)
+
+
+def test_cli_exits_2_with_one_line_on_a_codebook_mismatch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamcl", "run", str(repo / "experiments" / "demo.yaml"), "--dry-run",
+         "-o", "methods={crumb: {plugins: [{name: crumb, memory: 40, block_dim: 8}]}}",
+         "-o", f"output_dir={tmp_path / 'runs'}"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr and lines[-1].startswith("streamcl: error:")
+    assert "block_dim" in lines[-1] and "8" in lines[-1] and "16" in lines[-1]
+    assert not (tmp_path / "runs").exists()

@@ -222,6 +222,7 @@ def test_cluster_task_pretrains_before_its_unit(tmp_path, monkeypatch):
     exp = load_experiment(REPO / "experiments" / "demo.yaml", [
         f"output_dir={tmp_path / 'runs'}", "runs=[0]", "threads=1", "pretrain.epochs=1",
         "methods={crumb: {plugins: [{name: crumb, memory: 40, n_blocks: 32, block_dim: 8}]}}",
+        "pretrain.plugin={name: crumb, n_blocks: 32, block_dim: 8}",
         "launcher={name: slurm, executor: slurm}",
     ])
     pretrained = exp.root / "pretrain" / "crumb.pt"

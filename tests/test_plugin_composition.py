@@ -61,8 +61,9 @@ def remind_plugin():
                         base_epochs=2, seed=0)
 
 
-def crumb_plugin():
-    return CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0)
+def crumb_plugin(recipe="paper"):
+    """CRUMB with the paper's separate replay step by default (what most tests here are about)."""
+    return CRUMBPlugin(memory=8, n_blocks=16, block_dim=4, seed=0, recipe=recipe)
 
 
 def other(name):
@@ -152,6 +153,21 @@ def test_crumb_replay_step_carries_parameter_penalties(reg):
     assert distance(after, alone) > 1e-4
     # every new-data step (4 per experience) and every replay step adds the penalty
     assert plugin.replay_steps > 0 and len(calls) == 2 * 4 + plugin.replay_steps
+
+
+@pytest.mark.parametrize("reg", ["ewc", "lwf"])
+def test_crumb_joint_replay_takes_each_penalty_once_per_step(reg):
+    """The default recipe replays inside the new-data step: a penalty (or LwF's distillation,
+    which sees only the new batch's rows of mb_output) is added once per step, in both orders."""
+    alone, _ = train([crumb_plugin("balanced")])
+    r = other(reg)
+    calls = counting(r)
+    plugin = crumb_plugin("balanced")
+    after, _ = train([plugin, r])
+    before, _ = train([other(reg), crumb_plugin("balanced")])
+    assert plugin.replay_mode == "joint" and plugin.replay_steps > 0
+    assert same(after, before) and distance(after, alone) > 1e-4
+    assert calls == [4] * (2 * 4)  # new-data steps only, each with the new batch's 4 rows
 
 
 def test_crumb_replay_step_leaves_out_image_distillation():

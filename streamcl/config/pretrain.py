@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from streamcl.config.schema import check_optimizer
+from streamcl.errors import ConfigError
 from streamcl.registry import BENCHMARKS, MODELS, PLUGINS
 from streamcl.utils import config_digest
+
+# Bumped when what a pretrained file holds for the same section changes (2: the default recipe's
+# k-means codebook and the base-set error), so an up-to-date file is not mistaken for an old one.
+PRETRAIN_VERSION = 2
+CODEBOOK_DEFAULTS = {"n_blocks": 256, "block_dim": 16}  # CRUMBPlugin's shape when neither says
+# Model keys that do not change what the weights file holds: not compared with the pretraining model.
+MODEL_KEYS_FREE = ("weights", "seed", "freeze_trunk", "bn_momentum")
 
 PRETRAIN_KEYS: Dict[str, Any] = {
     "benchmark": dict,
@@ -72,6 +80,10 @@ def attach_pretrained(exp) -> None:
     (``pretrained: {file, digest}``), so its config, and thus its checkpoints and finished
     runs, change when the ``pretrain:`` section does: the runner then refuses the stale
     results instead of reporting them as finished.
+
+    A cell whose codebook (``n_blocks``, ``block_dim``) or model settings (width, channels, cut ...)
+    disagree with what the pretraining writes is a :class:`ConfigError` naming both values, raised
+    here, before anything runs: the file's values would otherwise replace the cell's silently.
     """
     assert exp.pretrain is not None
     if exp.pretrain.get("model") is None:
@@ -84,19 +96,58 @@ def attach_pretrained(exp) -> None:
         if MODELS.get(cfg["model"]["name"]).wants("weights") and cfg["model"].get("weights") is None:
             cfg["model"]["weights"] = target
             used = True
-        for p in cfg["plugins"]:  # (the raw-features ablation has no codebook to take)
+        if cfg["model"].get("weights") == target:
+            _check_model(exp, cell.name, cfg["model"])
+        for i, p in enumerate(cfg["plugins"]):  # (the raw-features ablation has no codebook to take)
             if p["name"] == "crumb" and p.get("pretrained") is None and p.get("storage") != "raw_features":
                 p["pretrained"] = target
                 used = True
+            if p["name"] == "crumb" and p.get("pretrained") == target:
+                _check_codebook(exp, cell.name, f"plugins[{i}]", p)
         if cfg["strategy"]["name"] == "crumb" and cfg["strategy"].get("pretrained") is None:
             cfg["strategy"]["pretrained"] = target
             used = True
+        if cfg["strategy"]["name"] == "crumb" and cfg["strategy"].get("pretrained") == target:
+            _check_codebook(exp, cell.name, "strategy", cfg["strategy"])
         if used:
             cfg["pretrained"] = {"file": target, "digest": digest}
 
 
+def _check_codebook(exp, cell: str, where: str, cfg: Dict[str, Any]) -> None:
+    """A cell's codebook shape must be the one the ``pretrain:`` section writes."""
+    pre = exp.pretrain["plugin"]
+    for key, default in CODEBOOK_DEFAULTS.items():
+        mine, theirs = cfg.get(key), pre.get(key)
+        theirs = default if theirs is None else theirs
+        if mine is not None and int(mine) != int(theirs):
+            raise ConfigError(
+                f"{mine} in cell '{cell}', but the experiment's pretrain: section writes a codebook with "
+                f"{key} {theirs} (pretrain.plugin.{key}), which this cell loads; set the same value in both, "
+                f"or drop the cell's {key}", file=exp.file, key=f"{where}.{key}")
+
+
+def _check_model(exp, cell: str, model: Dict[str, Any]) -> None:
+    """A cell's model must have the shape of the ``pretrain:`` model whose weights it loads."""
+    pre = exp.pretrain["model"]
+    if model["name"] != pre["name"]:
+        raise ConfigError(f"'{model['name']}' in cell '{cell}', but the pretrain: section trains '{pre['name']}', "
+                          "whose weights this cell loads; use the same model, or set the cell's model.weights",
+                          file=exp.file, key="model.name")
+    defaults = {n: p.default for n, p in MODELS.get(model["name"]).parameters().items()
+                if p.default is not p.empty}
+    for key in sorted(set(model) | set(pre)):
+        if key in MODEL_KEYS_FREE or key == "name":
+            continue
+        mine, theirs = model.get(key, defaults.get(key)), pre.get(key, defaults.get(key))
+        if mine != theirs:
+            raise ConfigError(
+                f"{mine!r} in cell '{cell}', but the pretrain: section trains the model with {key}: {theirs!r}, "
+                f"whose weights this cell loads; set the same {key} in both (pretrain.model.{key}), or set the "
+                "cell's model.weights", file=exp.file, key=f"model.{key}")
+
+
 def _digest(cfg: Dict[str, Any], model_cfg: Dict[str, Any]) -> str:
-    return config_digest({"pretrain": cfg, "model": model_cfg})
+    return config_digest({"pretrain": cfg, "model": model_cfg, "version": PRETRAIN_VERSION})
 
 
 __all__ = ["PRETRAIN_KEYS", "DEFAULTS", "check_pretrain", "attach_pretrained", "pretrained_path"]

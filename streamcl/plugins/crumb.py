@@ -4,6 +4,17 @@ CRUMB is :class:`~streamcl.plugins.latent_replay.LatentReplayPlugin` with a
 learned codebook (:class:`~streamcl.models.codebook.MemoryBlockCodec`) and
 these settings:
 
+Two recipes, chosen by ``recipe`` (each key below can still be set on its own):
+
+- ``recipe="paper"``: the authors' settings, as described next;
+- ``recipe="balanced"`` (default): three changes beyond the paper that make CRUMB learn every
+  experience of a base-initialised stream of real images (issue #26, ``perf/bench_crumb_real.py``):
+  a codebook fitted by k-means (``init="kmeans"``: on the base set at the end of pretraining,
+  else on the first experience), replayed items trained in the new data's step
+  (``replay_mode="joint"``) with weight 1 (``replay_weight=1``).
+
+The paper's settings:
+
 - new data: CE on the reconstructed path ``head(decode(encode(trunk(x))))``
   only; logits masked to the classes seen so far; gradients clamped
   element-wise to +-10; the codebook keeps learning (through the gather) unless
@@ -34,18 +45,34 @@ import torch
 from torch import Tensor, nn
 
 from streamcl.errors import CheckpointError, ConfigError, StreamclError
-from streamcl.models.codebook import DISTMATCH_PRESETS, INITS, MemoryBlockCodec, distmatch_preset
+from streamcl.models.codebook import (
+    DISTMATCH_PRESETS,
+    INITS,
+    MemoryBlockCodec,
+    distmatch_preset,
+    relative_error,
+)
 from streamcl.models.codec import Codec, IdentityCodec
 from streamcl.models.splitnet import classifier_prefix
 from streamcl.models.weights import load_matching
 from streamcl.plugins.crumb_pretraining import CRUMBPretraining, evaluation_plugin
 from streamcl.plugins.latent_replay import LatentReplayPlugin, ModelCut, resolve_cut
+from streamcl.plugins.latent_replay.diagnostics import CodecDiagnostics, JustTrainedAccuracy, publish
 from streamcl.registry import register_plugin
 
-__all__ = ["CRUMBPlugin", "pretrain_crumb", "save_crumb_pretrained", "load_crumb_pretrained"]
+__all__ = ["CRUMBPlugin", "RECIPES", "pretrain_crumb", "save_crumb_pretrained", "load_crumb_pretrained"]
 
 PRETRAINED_FORMAT = "streamcl.crumb_pretrained"
 PathLike = Union[str, Path]
+
+#: What ``recipe`` fills in for the keys left unset. ``paper``: the authors' code (MorganBDT/crumb);
+#: ``balanced``: beyond the paper, measured against it in ``perf/bench_crumb_real.py`` (issue #26).
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "paper": {"init": "distmatch_sparse", "replay_mode": "separate", "replay_weight": 5.0},
+    "balanced": {"init": "kmeans", "replay_mode": "joint", "replay_weight": 1.0},
+}
+DEFAULT_SHAPE = (256, 16)  # n_blocks x block_dim when neither the cell nor a pretrained file says
+KMEANS_FIT_IMAGES = 2048  # images whose trunk features the k-means fits see (a random chunk subset of them)
 
 
 # =====================================================================================
@@ -125,7 +152,7 @@ def pretrain_crumb(
     opt = optimizer or torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     try:
-        return CRUMBPretraining(
+        losses = CRUMBPretraining(
             cut=cut, codec=codec, data=data, optimizer=opt, params=params, mb_size=mb_size, epochs=epochs, device=device,
             direct_loss=direct_loss, clamp=clamp, features=cache_features, max_steps=max_steps, shuffle=shuffle,
             num_workers=num_workers, seed=seed, evaluator=_pretrain_evaluator(log_dir, progress, data, mb_size, epochs),
@@ -134,6 +161,50 @@ def pretrain_crumb(
     finally:
         if train_trunk and frozen:  # back to a frozen trunk (no gradients, eval-mode BatchNorm) for streaming
             cut.freeze()
+    fit_on_base(cut, codec, data, mb_size=mb_size, device=device, features=cache_features,
+                input_transform=input_transform, seed=seed)
+    return losses
+
+
+def fit_on_base(cut: ModelCut, codec: MemoryBlockCodec, data: Any, *, mb_size: int = 128,
+                device: Union[str, torch.device] = "cpu", features: bool = False,
+                input_transform: Optional[Callable[[Tensor], Tensor]] = None, seed: Optional[int] = None,
+                max_images: int = KMEANS_FIT_IMAGES) -> float:
+    """After pretraining: refit a ``kmeans`` codebook on the base set's final trunk features, and record
+    the base set's reconstruction error as ``codec.reference_error`` (saved with the pretrained file).
+
+    The k-means runs after the gradient epochs because a trained trunk (``train_trunk``) only has its
+    final features then. ``data`` is what the pretraining saw (images, or trunk features when
+    ``features``); at most ``max_images`` items, in a seeded random order, are used.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    if not isinstance(data, DataLoader):
+        if len(data) > max_images:
+            data = Subset(data, torch.randperm(len(data), generator=g)[:max_images].tolist())
+        data = DataLoader(data, batch_size=mb_size, shuffle=False)
+    chunks, n = [], 0
+    with torch.no_grad():
+        for batch in data:
+            x = batch[0].to(device)
+            if not features:
+                x = cut.features(input_transform(x) if input_transform is not None else x)
+            chunks.append(codec._chunks(x.float()).reshape(-1, codec.block_dim).cpu())
+            n += len(x)
+            if n >= max_images:
+                break
+    if not chunks:
+        return float("nan")
+    flat = torch.cat(chunks)
+    if len(flat) > 200_000:
+        flat = flat[torch.randperm(len(flat), generator=g)[:200_000]]
+    flat = flat.to(codec.memory.device)
+    if codec.init == "kmeans":
+        codec.fit_kmeans(flat, generator=g)
+    codec.reference_error = relative_error(codec, flat)
+    return codec.reference_error
 
 
 def _trunk_features(cut: ModelCut, data: Any, mb_size: int, num_workers: int, device: torch.device,
@@ -183,6 +254,9 @@ def save_crumb_pretrained(path: PathLike, model: Optional[nn.Module], codec: Mem
         "codec_config": {"n_blocks": codec.n_blocks, "block_dim": codec.block_dim, "init": codec.init},
         "codec": {k: v.detach().cpu().clone() for k, v in codec.state_dict().items()},
     }
+    ref = getattr(codec, "reference_error", None)
+    if ref is not None:
+        obj["codec_stats"] = {"base_error": float(ref)}
     if model is not None:
         obj["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         meta = getattr(model, "meta", {}) or {}
@@ -228,6 +302,9 @@ def load_crumb_pretrained(
         codec.load_state_dict(obj["codec"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the codebook in the CRUMB pretrained file is malformed ({e})") from None
+    stats = obj.get("codec_stats") or {}
+    if isinstance(stats, dict) and isinstance(stats.get("base_error"), float):
+        codec.reference_error = stats["base_error"]  # type: ignore[assignment]
     state = obj.get("model")
     if model is not None:
         if state is None:
@@ -254,10 +331,19 @@ class CRUMBPlugin(LatentReplayPlugin):
         ``{"bytes": "2.26MB"}`` (the whole memory: the float32 codebook, then codes +
         int16 label per item; 417 items at 5408 code bytes plus a 256 x 16 codebook
         take 2.272 MB; the paper's 2.255 MB counts the codes only).
-    :param n_blocks: codebook rows (256; more than 256 stores int16 codes).
-    :param block_dim: codebook row length L (16; must divide the trunk's channels).
-    :param init: codebook init: ``distmatch_sparse`` (default), ``distmatch_dense``,
-        ``normal``, ``uniform``, ``first_batch``.
+    :param recipe: ``balanced`` (default) or ``paper``: the values of ``init``, ``replay_mode`` and
+        ``replay_weight`` left unset (:data:`RECIPES`). ``paper`` is the authors' code: a
+        gradient-trained codebook, a separate replay step, weight 5. ``balanced`` fits the codebook
+        by k-means and replays in the new data's step with weight 1: with the paper's setting a
+        codebook that reconstructs the features poorly lets the weight-5 replay step suppress the
+        classes being learned (issue #26; ``docs/methods.md``).
+    :param n_blocks: codebook rows (null: the pretrained file's, else 256; more than 256 stores
+        int16 codes). A value that disagrees with the pretrained file is an error.
+    :param block_dim: codebook row length L (null: the pretrained file's, else 16; must divide the
+        trunk's channels). A value that disagrees with the pretrained file is an error.
+    :param init: codebook init (null: the recipe's): ``distmatch_sparse`` (paper), ``distmatch_dense``,
+        ``normal``, ``uniform``, ``first_batch``, ``kmeans`` (balanced: k-means on the base set's
+        features at the end of pretraining, else on the first experience's features before training).
     :param init_std: std of the distmatch init. Default: the paper's value for a
         pretrained SqueezeNet cut (14*5/3 at cut 12, 0.73 at cut 3); for other or
         randomly initialised trunks, measured on the first feature batch.
@@ -271,7 +357,10 @@ class CRUMBPlugin(LatentReplayPlugin):
         ``storage_type="raw_feature"``: store the trunk's feature maps uncompressed,
         as float16, train new data on the direct path; the same buffer and replay
         rules, so it separates what the codebook's compression costs from the rest).
-    :param replay_weight: weight of the replay loss (5).
+    :param replay_mode: ``separate`` (paper: after each new-data step, one replay step with its own
+        optimiser step) or ``joint`` (balanced: the replayed items join the new data's step, so
+        BatchNorm and the optimiser see both); null: the recipe's.
+    :param replay_weight: weight of the replay loss (null: the recipe's, 5 paper, 1 balanced).
     :param clamp: element-wise gradient clamp (10); null disables it.
     :param mask_eval_logits: predict among seen classes only at evaluation (as the authors' code).
     :param eval_path: ``direct`` (the paper: ``head(trunk(x))``) or ``reconstructed`` (ablation:
@@ -287,7 +376,8 @@ class CRUMBPlugin(LatentReplayPlugin):
         optional ``use_random_resize_crops``; off in the paper's main results).
     :param crop_scale_min: smallest crop area fraction when ``augment`` (4/13 at 13x13).
     :param pretrained: file written by :meth:`save_pretrained`: its codebook
-        replaces the initial one (load the trunk/head with the model's ``weights:``).
+        replaces the initial one (load the trunk/head with the model's ``weights:``); its shape
+        must match ``n_blocks`` / ``block_dim`` when they are set.
     :param buffer_device: where the code buffer lives.
     :param seed: seed of codebook init, replay draws and buffer truncation.
     :param latent_layer: for a model that is not a SplitNet, the name of the layer to cut it at
@@ -301,9 +391,11 @@ class CRUMBPlugin(LatentReplayPlugin):
         self,
         *,
         memory: Union[int, str, Dict[str, Any]] = 417,
-        n_blocks: int = 256,
-        block_dim: int = 16,
-        init: Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch"] = "distmatch_sparse",
+        recipe: Literal["balanced", "paper"] = "balanced",
+        n_blocks: Optional[int] = None,
+        block_dim: Optional[int] = None,
+        init: Optional[Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch",
+                               "kmeans"]] = None,
         init_std: Optional[float] = None,
         init_sparsity: Optional[float] = None,
         freeze_memory: bool = False,
@@ -311,7 +403,8 @@ class CRUMBPlugin(LatentReplayPlugin):
         plus_direct_loss: bool = False,
         no_replay: bool = False,
         storage: Literal["codes", "raw_features"] = "codes",
-        replay_weight: float = 5.0,
+        replay_mode: Optional[Literal["separate", "joint"]] = None,
+        replay_weight: Optional[float] = None,
         clamp: Optional[float] = 10.0,
         mask_eval_logits: bool = True,
         eval_path: Literal["direct", "reconstructed"] = "direct",
@@ -327,8 +420,19 @@ class CRUMBPlugin(LatentReplayPlugin):
     ):
         if direct_loss_only and plus_direct_loss:
             raise ConfigError("direct_loss_only and plus_direct_loss exclude each other: set at most one", key="plus_direct_loss")
+        if recipe not in RECIPES:
+            raise ConfigError(f"invalid value {recipe!r}; valid: {', '.join(RECIPES)}", key="recipe")
+        chosen = RECIPES[recipe]
+        init = chosen["init"] if init is None else init
+        replay_mode = chosen["replay_mode"] if replay_mode is None else replay_mode
+        replay_weight = chosen["replay_weight"] if replay_weight is None else replay_weight
         if init not in INITS:
             raise ConfigError(f"invalid value {init!r}; valid: {', '.join(INITS)}", key="init")
+        if replay_mode not in ("separate", "joint"):
+            raise ConfigError(f"invalid value {replay_mode!r}; valid: separate, joint", key="replay_mode")
+        self._shape_set = (n_blocks, block_dim)  # as given: None = the pretrained file's (else the default)
+        n_blocks = DEFAULT_SHAPE[0] if n_blocks is None else n_blocks
+        block_dim = DEFAULT_SHAPE[1] if block_dim is None else block_dim
         if n_blocks < 1 or block_dim < 1:
             raise ConfigError(f"n_blocks and block_dim must be >= 1 (got {n_blocks} x {block_dim})", key="n_blocks")
         if n_blocks > 2**15:
@@ -346,7 +450,7 @@ class CRUMBPlugin(LatentReplayPlugin):
             None,
             memory=memory,
             policy="class_balanced",
-            replay="none" if no_replay else "separate",
+            replay="none" if no_replay else replay_mode,  # type: ignore[arg-type]
             replay_sampling="absent_classes",
             replay_weight=float(replay_weight),
             train_path=train_path,  # type: ignore[arg-type]
@@ -358,7 +462,8 @@ class CRUMBPlugin(LatentReplayPlugin):
             crop_scale=(float(crop_scale_min), 1.0),
             mixup_alpha=None,
             store="none" if no_replay else store,
-            fit_codec="first_batch",
+            fit_codec="first_experience" if init == "kmeans" and not raw else "first_batch",
+            fit_max_items=KMEANS_FIT_IMAGES if init == "kmeans" and not raw else None,
             freeze_codec=freeze_memory,
             buffer_device=buffer_device,
             seed=seed,
@@ -367,6 +472,10 @@ class CRUMBPlugin(LatentReplayPlugin):
             channels_last=channels_last,
         )
         self.storage = storage
+        self.recipe = recipe
+        self.replay_mode = replay_mode
+        self.diagnostics = CodecDiagnostics()
+        self.just_trained = JustTrainedAccuracy()
         self.n_blocks = int(n_blocks)
         self.block_dim = int(block_dim)
         self.init = init
@@ -481,20 +590,76 @@ class CRUMBPlugin(LatentReplayPlugin):
     def load_pretrained(self, path: PathLike, model: Optional[nn.Module] = None) -> None:
         """Load a codebook (and ``model``'s trunk + head when given) written by :meth:`save_pretrained`.
 
-        The file's codebook shape wins over ``n_blocks`` / ``block_dim``.
+        ``n_blocks`` / ``block_dim`` left unset take the file's shape; set ones must equal it
+        (a :class:`ConfigError` naming both values otherwise: nothing is silently overridden).
         """
         codec, _ = load_crumb_pretrained(path, model)
+        for key, mine, theirs in (("n_blocks", self._shape_set[0], codec.n_blocks),
+                                  ("block_dim", self._shape_set[1], codec.block_dim)):
+            if mine is not None and int(mine) != int(theirs):
+                raise ConfigError(
+                    f"{mine} disagrees with the pretrained file {path}, whose codebook is "
+                    f"{codec.n_blocks} x {codec.block_dim} ({key} {theirs}); drop {key} to use the file's, "
+                    f"or pretrain with {key}: {mine}", key=key)
         self.n_blocks, self.block_dim = codec.n_blocks, codec.block_dim
+        self.diagnostics.reference = codec.reference_error
         if self.freeze_memory:
             codec.memory.requires_grad_(False)
         self.set_codec(codec)
         self.buffer = None  # code shape may differ: reallocated on the next feature map
         self.feature_shape = None
 
+    # ------------------------------------------------------------------ diagnostics (issue #26)
+    def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().before_training_exp(strategy, *args, **kwargs)
+        self.just_trained.classes = [int(c) for c in self._experience_classes(strategy)]
+        if self.diagnostics.reference is None and self.codec is not None:
+            self.diagnostics.reference = getattr(self.codec, "reference_error", None)
+
+    @staticmethod
+    def _experience_classes(strategy: Any) -> List[int]:
+        exp = strategy.experience
+        origin = getattr(exp, "origin_experience", None) or exp
+        classes = getattr(origin, "classes_in_this_experience", None)
+        return list(classes) if classes is not None else []
+
+    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        codec = self.codec
+        if (self._feats is not None and self.storage == "codes" and codec is not None and codec.is_fitted):
+            with torch.no_grad():
+                rec = codec.decode(self._codes) if self._codes is not None else codec.reconstruct(self._feats)
+            self.diagnostics.update(self._feats, rec, strategy.mb_y)
+        super().after_training_iteration(strategy, *args, **kwargs)
+
+    def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().after_training_exp(strategy, *args, **kwargs)
+        if self.storage != "codes":
+            return
+        stored = self.buffer.items_per_class().keys() if self.buffer is not None else []
+        values = self.diagnostics.end_experience({int(c) for c in self._experience_classes(strategy)}, stored)
+        for key, name in (("new", "CodecError_New"), ("stored", "CodecError_Stored"), ("base", "CodecError_Base")):
+            if key in values:
+                publish(self, strategy, f"{name}/train_phase/train_stream", values[key])
+        self.diagnostics.check(values, "CRUMB")
+
+    def before_eval(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self.just_trained.reset()
+
+    def after_eval_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        super().after_eval_forward(strategy, *args, **kwargs)
+        self.just_trained.update(strategy.mb_output, strategy.mb_y)
+
+    def after_eval(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        acc = self.just_trained.result()
+        if acc is not None:
+            publish(self, strategy, "Top1_Acc_JustTrained/eval_phase/test_stream", acc)
+
     # ------------------------------------------------------------------ bookkeeping
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        state["crumb"] = {"n_blocks": self.n_blocks, "block_dim": self.block_dim, "init": str(self.init)}
+        state["crumb"] = {"n_blocks": self.n_blocks, "block_dim": self.block_dim, "init": str(self.init),
+                          "recipe": self.recipe}
+        state["diagnostics"] = self.diagnostics.state_dict()
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -508,6 +673,8 @@ class CRUMBPlugin(LatentReplayPlugin):
             if self.codec is None and state.get("codec") is not None:
                 self.codec = self.make_codec(None, None)  # its state is loaded next
         super().load_state_dict(state)
+        if isinstance(state, dict) and isinstance(state.get("diagnostics"), dict):
+            self.diagnostics.load_state_dict(state["diagnostics"])
         if self.freeze_memory and self.codec is not None:
             self.codec.memory.requires_grad_(False)
 
@@ -517,6 +684,7 @@ class CRUMBPlugin(LatentReplayPlugin):
 
     def __repr__(self) -> str:
         return (
-            f"CRUMBPlugin(n_blocks={self.n_blocks}, block_dim={self.block_dim}, init={self.init}, "
-            f"memory={self.budget.to_dict()}, train_path={self.train_path}, replay={self.replay})"
+            f"CRUMBPlugin(recipe={self.recipe}, n_blocks={self.n_blocks}, block_dim={self.block_dim}, "
+            f"init={self.init}, memory={self.budget.to_dict()}, train_path={self.train_path}, replay={self.replay}, "
+            f"replay_weight={self.replay_weight})"
         )

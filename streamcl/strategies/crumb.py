@@ -45,9 +45,11 @@ class CRUMB(LatentReplayStrategy):
     :param first_experience_epochs: epochs on the first experience (``None``: ``train_epochs``).
     :param latent_layer: the layer to cut a model that is not a SplitNet at (``"layer4.0"``, ``"features.11"``).
     :param memory: replay budget: items (``417``), ``{"items": 417}`` or ``{"bytes": "2.26MB"}``.
-    :param n_blocks: codebook rows (256).
-    :param block_dim: codebook row length, must divide the channels at the cut (16).
-    :param init: codebook initialisation (``distmatch_sparse``).
+    :param recipe: ``balanced`` (default: k-means codebook, replay in the new data's step, weight 1)
+        or ``paper`` (the authors' settings); fills ``init``, ``replay_mode``, ``replay_weight`` left unset.
+    :param n_blocks: codebook rows (null: the pretrained file's, else 256).
+    :param block_dim: codebook row length, must divide the channels at the cut (null: the file's, else 16).
+    :param init: codebook initialisation (null: the recipe's, ``kmeans`` or ``distmatch_sparse``).
     :param init_std: std of the distmatch init (default: the paper's preset or measured).
     :param init_sparsity: zeroed fraction of the sparse distmatch init (same default rule).
     :param freeze_memory: ablation: the codebook never changes.
@@ -55,7 +57,8 @@ class CRUMB(LatentReplayStrategy):
     :param plus_direct_loss: ablation: add ``CE(head(f))`` to the reconstructed-path loss.
     :param no_replay: ablation: no replay step, nothing stored.
     :param storage: ``codes`` (CRUMB) or ``raw_features`` (uncompressed float16 maps, ablation).
-    :param replay_weight: weight of the replay loss (5).
+    :param replay_mode: ``separate`` (paper) or ``joint`` (balanced) replay step (null: the recipe's).
+    :param replay_weight: weight of the replay loss (null: the recipe's, 5 paper, 1 balanced).
     :param clamp: element-wise gradient clamp (10; null disables it).
     :param mask_eval_logits: predict among seen classes only at evaluation.
     :param eval_path: ``direct`` (the paper) or ``reconstructed``.
@@ -89,9 +92,11 @@ class CRUMB(LatentReplayStrategy):
         first_experience_epochs: Optional[int] = None,
         latent_layer: Optional[str] = None,
         memory: Union[int, str, Dict[str, Any]] = 417,
-        n_blocks: int = 256,
-        block_dim: int = 16,
-        init: Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch"] = "distmatch_sparse",
+        recipe: Literal["balanced", "paper"] = "balanced",
+        n_blocks: Optional[int] = None,
+        block_dim: Optional[int] = None,
+        init: Optional[Literal["distmatch_sparse", "distmatch_dense", "normal", "uniform", "first_batch",
+                               "kmeans"]] = None,
         init_std: Optional[float] = None,
         init_sparsity: Optional[float] = None,
         freeze_memory: bool = False,
@@ -99,7 +104,8 @@ class CRUMB(LatentReplayStrategy):
         plus_direct_loss: bool = False,
         no_replay: bool = False,
         storage: Literal["codes", "raw_features"] = "codes",
-        replay_weight: float = 5.0,
+        replay_mode: Optional[Literal["separate", "joint"]] = None,
+        replay_weight: Optional[float] = None,
         clamp: Optional[float] = 10.0,
         mask_eval_logits: bool = True,
         eval_path: Literal["direct", "reconstructed"] = "direct",
@@ -116,6 +122,7 @@ class CRUMB(LatentReplayStrategy):
         plugin = CRUMBPlugin(
             latent_layer=latent_layer,
             memory=memory,
+            recipe=recipe,
             n_blocks=n_blocks,
             block_dim=block_dim,
             init=init,
@@ -126,6 +133,7 @@ class CRUMB(LatentReplayStrategy):
             plus_direct_loss=plus_direct_loss,
             no_replay=no_replay,
             storage=storage,
+            replay_mode=replay_mode,
             replay_weight=replay_weight,
             clamp=clamp,
             mask_eval_logits=mask_eval_logits,

@@ -596,6 +596,7 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
                 strategy.loss = strategy.loss + self.replay_weight * rl
             self.last_replay_loss = float(rl.detach())
             self.last_replay_size = r
+            self.replay_steps += 1  # (a joint step that replayed: counted as the separate mode's steps are)
 
     def after_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self.clamp_gradients(strategy)
