@@ -167,6 +167,10 @@ TESTED = {
     "streamcl list": "test_fast_commands",
     "streamcl run experiments/demo.yaml": "test_demo_command",
     DOCS_BUILD: "tests/test_docs.py::test_docs_build",
+    "OMP_NUM_THREADS=1 python perf/bench_wa_vs_replay.py --epochs 20 --methods replay wa wa_balanced wa_paperloss "
+    "--diagnose": "tests/test_wa_vs_replay.py::test_bench_commands_as_the_docs_show_them",
+    "OMP_NUM_THREADS=1 python perf/bench_wa_vs_replay.py --epochs 20 --heads linear_nobias incremental --methods "
+    "replay wa": "tests/test_wa_vs_replay.py::test_bench_commands_as_the_docs_show_them",
 }
 
 

@@ -122,7 +122,8 @@ def test_tensorboard_truncate_is_kill_safe(tmp_path):
 def test_changed_pretraining_invalidates_finished_cells(tmp_path, synthetic_root, capsys):
     pretrain = {"benchmark": {"name": "synthetic", "root": str(synthetic_root), "layout": "toybox", "n_classes": 4,
                               "first_class": 4, "n_objects": 2, "image_size": 32, "protocol": "offline"},
-                "epochs": 1, "mb_size": 32, "max_steps": 2}
+                "epochs": 1, "mb_size": 32, "max_steps": 2,
+                "plugin": {"name": "crumb", "n_blocks": 16, "block_dim": 8}}
     path = tiny(tmp_path, synthetic_root, pretrain=pretrain,
                 plugins=[{"name": "crumb", "memory": 20, "n_blocks": 16, "block_dim": 8}])
     assert cli(capsys, str(path))[0] == 0
@@ -160,7 +161,8 @@ def test_garbled_cell_config_is_named(finished, capsys):
 def test_garbled_pretrain_marker_is_named(tmp_path, synthetic_root, capsys):
     pretrain = {"benchmark": {"name": "synthetic", "root": str(synthetic_root), "layout": "toybox", "n_classes": 4,
                               "first_class": 4, "n_objects": 2, "image_size": 32, "protocol": "offline"},
-                "epochs": 1, "mb_size": 32, "max_steps": 2}
+                "epochs": 1, "mb_size": 32, "max_steps": 2,
+                "plugin": {"name": "crumb", "n_blocks": 16, "block_dim": 8}}
     path = tiny(tmp_path, synthetic_root, pretrain=pretrain, runs=[0],
                 plugins=[{"name": "crumb", "memory": 20, "n_blocks": 16, "block_dim": 8}])
     assert cli(capsys, str(path))[0] == 0
@@ -289,7 +291,8 @@ def test_pretrain_cache_features_from_yaml(tmp_path, synthetic_root, capsys):
 
     pretrain = {"benchmark": {"name": "synthetic", "root": str(synthetic_root), "layout": "toybox", "n_classes": 4,
                               "first_class": 4, "n_objects": 2, "image_size": 32, "protocol": "offline"},
-                "epochs": 2, "mb_size": 32, "cache_features": True}
+                "epochs": 2, "mb_size": 32, "cache_features": True,
+                "plugin": {"name": "crumb", "n_blocks": 16, "block_dim": 8}}
     path = tiny(tmp_path, synthetic_root, pretrain=pretrain,
                 plugins=[{"name": "crumb", "memory": 20, "n_blocks": 16, "block_dim": 8}])
     assert cli(capsys, str(path))[0] == 0

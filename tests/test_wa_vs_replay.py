@@ -60,3 +60,24 @@ def test_wa_keeps_old_classes_at_least_as_well_as_replay(bench, head, optim):
     assert mean(wa, "old") >= max(30.0, mean(replay, "old") - 10.0), summary
     # every experience's new classes were learned when trained (2 of 10 classes; 50 % = one of the two)
     assert min(statistics.mean(r["learned"][t] for r in wa) for t in range(5)) >= 60.0, [r["learned"] for r in wa]
+
+
+# The commands docs/methods.md shows (tests/test_readme.py maps them here), run as shown but on one
+# class order and one epoch: the table's figures need the full runs (minutes each).
+DOC_COMMANDS = (
+    "--epochs 20 --methods replay wa wa_balanced wa_paperloss --diagnose",
+    "--epochs 20 --heads linear_nobias incremental --methods replay wa",
+)
+
+
+@pytest.mark.parametrize("args", DOC_COMMANDS)
+def test_bench_commands_as_the_docs_show_them(args):
+    import os
+    import subprocess
+
+    argv = args.replace("--epochs 20", "--epochs 1").split() + ["--orders", "0", "--optims", "sgd"]
+    proc = subprocess.run([sys.executable, str(PERF / "bench_wa_vs_replay.py"), *argv], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for method in args.split("--methods ")[1].split(" --")[0].split():
+        assert method in proc.stdout, (method, proc.stdout[-2000:])

@@ -5,14 +5,47 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Set, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from streamcl.errors import ConfigError
 
 __all__ = ["BufferPolicy", "PolicyBuffer", "ClassBalancedPolicy", "LargestClassEvictionPolicy", "make_policy"]
+
+# Below this ratio of drawn to eligible items a draw without replacement rejects repeated i.i.d.
+# draws (cost ~ n); at or above it a permutation of the eligible items is cheaper (cost ~ N ~ n).
+_PERMUTE_RATIO = 4
+
+
+def sample_distinct(population: int, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` distinct integers of ``[0, population)`` in uniformly random order (int64, CPU).
+
+    Same distribution as ``torch.randperm(population)[:n]`` without its cost when
+    ``n << population``: i.i.d. draws are taken in order and a value already drawn is
+    rejected and drawn again (each kept value is then uniform over the values not yet kept,
+    so the ordered result is a uniform random ``n``-arrangement). The expected number of draws
+    is below ``n * 4/3`` because the rejection path only runs while ``4 n < population``;
+    otherwise ``randperm`` is used, whose cost ``population <= 4 n`` is also O(n).
+    Deterministic given the generator's state.
+    """
+    if n > population:
+        raise ValueError(f"cannot draw {n} distinct values from {population}")
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long)
+    if _PERMUTE_RATIO * n >= population:
+        return torch.randperm(population, generator=generator)[:n]
+    out = torch.randint(population, (n,), generator=generator).numpy()
+    while True:
+        _, first = np.unique(out, return_index=True)
+        if len(first) < len(out):  # keep first occurrences, in draw order
+            out = out[np.sort(first)]
+        need = n - len(out)
+        if need == 0:
+            return torch.from_numpy(out)
+        out = np.concatenate([out, torch.randint(population, (need,), generator=generator).numpy()])
 
 
 class PolicyBuffer(Protocol):
@@ -33,6 +66,16 @@ class PolicyBuffer(Protocol):
 
     def indices_of(self, label: int) -> Tensor: ...
 
+    def count_of(self, label: int) -> int: ...
+
+    def max_class_count(self) -> int: ...
+
+    def largest_class(self, extra: Optional[int] = None) -> int: ...
+
+    def position_of(self, label: int, rank: int) -> int: ...
+
+    def positions_of(self, label: int, ranks: Tensor) -> Tensor: ...
+
     def append(self, codes: Tensor, labels: Tensor) -> None: ...
 
     def replace(self, index: int, codes: Tensor, labels: Tensor) -> None: ...
@@ -45,9 +88,11 @@ class BufferPolicy:
 
     :meth:`add` receives the buffer and a batch of ``codes``/``labels`` (on the
     buffer's device, labels as ``int64``) and must use the buffer's primitives
-    (:meth:`CodeBuffer.append`, :meth:`CodeBuffer.remove`,
-    :meth:`CodeBuffer.indices_of`, :meth:`CodeBuffer.class_counts`) and its
-    ``generator`` for randomness, never exceeding ``buffer.capacity``.
+    (:meth:`CodeBuffer.append`, :meth:`CodeBuffer.remove`, :meth:`CodeBuffer.replace`,
+    :meth:`CodeBuffer.count_of`, :meth:`CodeBuffer.positions_of`, ...) and its
+    ``generator`` for randomness, never exceeding ``buffer.capacity``. The two built-in
+    policies touch only the items they admit or evict (the buffer keeps per-class counts
+    and positions), so their cost does not grow with the number of items held.
     State must be python primitives / tensors (see :meth:`state_dict`).
     """
 
@@ -86,6 +131,7 @@ class ClassBalancedPolicy(BufferPolicy):
         self.fixed_stride = stride
         self.stride = max(1, int(stride)) if stride else 1
         self.seen: List[int] = []
+        self._seen_set: Set[int] = set()  # mirror of ``seen`` for O(1) membership
         self._counters: Dict[int, int] = {}
 
     def begin_experience(
@@ -102,7 +148,10 @@ class ClassBalancedPolicy(BufferPolicy):
             self.observe_classes(classes)
 
     def observe_classes(self, classes: Iterable[int]) -> None:
-        s = set(self.seen)
+        """Append the classes not seen yet to ``seen`` (in the order given)."""
+        s = self._seen_set
+        if len(s) != len(self.seen):  # ``seen`` was assigned or loaded: resync the mirror
+            s = self._seen_set = set(self.seen)
         for c in classes:
             if int(c) not in s:
                 s.add(int(c))
@@ -112,14 +161,19 @@ class ClassBalancedPolicy(BufferPolicy):
         return buffer.capacity // len(self.seen) if self.seen else buffer.capacity
 
     def shrink(self, buffer: PolicyBuffer) -> None:
-        """Truncate every stored class to the current quota by random removal."""
+        """Truncate every stored class to the current quota by random removal.
+
+        Costs O(classes) vectorised to find that nothing is over the quota (the usual case:
+        the quota only drops when new classes arrive), then O(items removed).
+        """
         q = self.quota(buffer)
+        if buffer.max_class_count() <= q:
+            return
+        counts = buffer.class_counts()
         drop: List[Tensor] = []
-        for c, n in buffer.items_per_class().items():
-            if n > q:
-                idx = buffer.indices_of(c)
-                perm = torch.randperm(len(idx), generator=buffer.generator)
-                drop.append(idx[perm[: n - q].to(idx.device)])
+        for c in (counts > q).nonzero(as_tuple=True)[0].tolist():
+            n = int(counts[c])
+            drop.append(buffer.positions_of(c, sample_distinct(n, n - q, buffer.generator)))
         if drop:
             buffer.remove(torch.cat(drop))
 
@@ -158,23 +212,25 @@ class ClassBalancedPolicy(BufferPolicy):
         self.observe_classes(torch.unique(labels).tolist())
         self.shrink(buffer)
         q = self.quota(buffer)
-        # per class: merge with the stored items, truncate to the quota at random
+        # Per class: merge the m stored items (ranks 0..m-1) with the n offered ones (ranks
+        # m..m+n-1) and keep a uniformly random q-subset, i.e. drop a uniformly random
+        # (m+n-q)-subset, drawn without touching the survivors (cost ~ items dropped).
         drop_old: List[Tensor] = []
         new_keep = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
         for c in torch.unique(labels).tolist():
             new_pos = (labels == c).nonzero(as_tuple=True)[0]
-            old_idx = buffer.indices_of(c)
-            m, n = len(old_idx), len(new_pos)
+            m, n = buffer.count_of(c), len(new_pos)
             if m + n <= q:
                 new_keep[new_pos] = True
                 continue
-            perm = torch.randperm(m + n, generator=buffer.generator)
-            survivors = perm[:q]
-            old_survive = torch.zeros(m, dtype=torch.bool)
-            old_survive[survivors[survivors < m]] = True
-            drop_old.append(old_idx[~old_survive.to(old_idx.device)])
-            new_keep[new_pos[(survivors[survivors >= m] - m).to(new_pos.device)]] = True
-        if drop_old:
+            dropped = sample_distinct(m + n, m + n - q, buffer.generator)
+            old_dropped = dropped[dropped < m]
+            if len(old_dropped):
+                drop_old.append(buffer.positions_of(c, old_dropped))
+            keep_new = torch.ones(n, dtype=torch.bool)
+            keep_new[dropped[dropped >= m] - m] = False
+            new_keep[new_pos[keep_new.to(new_pos.device)]] = True
+        if drop_old:  # positions were all taken before this one removal
             buffer.remove(torch.cat(drop_old))
         return new_keep
 
@@ -190,6 +246,7 @@ class ClassBalancedPolicy(BufferPolicy):
         self.fixed_stride = int(state.get("fixed_stride", 0)) or None
         self.stride = int(state.get("stride", 1))
         self.seen = [int(c) for c in state.get("seen", [])]
+        self._seen_set = set(self.seen)
         self._counters = {int(k): int(v) for k, v in dict(state.get("counters", {})).items()}
 
 
@@ -217,20 +274,20 @@ class LargestClassEvictionPolicy(BufferPolicy):
             i = k
         if i >= n:
             return
-        counts = buffer.class_counts(minlength=int(labels.max().item()) + 1).clone()
-        for j in range(i, n):
-            c = int(labels[j])
-            if c >= len(counts):
-                counts = torch.cat([counts, counts.new_zeros(c + 1 - len(counts))])
-            counts[c] += 1
-            big = int(torch.argmax(counts).item())  # first max = smallest label on ties
-            n_big = int(counts[big].item())
-            r = int(torch.randint(n_big, (1,), generator=buffer.generator).item())
-            counts[big] -= 1
+        # One item at a time, in stream order. The buffer keeps per-class counts and, per class,
+        # its items' positions in ascending order, so each step costs O(1) buffer work plus one
+        # vectorised argmax over the per-class counts (no scan of the items). The random draws
+        # are the ones of the rule as first written (one ``randint(n_big)`` per item), so the
+        # buffer's contents are the same as before the per-class index existed.
+        g = buffer.generator
+        for j, c in enumerate(labels[i:].tolist(), start=i):
+            big = buffer.largest_class(extra=c)  # the newcomer counted; first max = smallest label
+            n_big = buffer.count_of(big) + (1 if big == c else 0)
+            r = int(torch.randint(n_big, (1,), generator=g).item())
             if big == c and r == n_big - 1:
                 continue  # the newcomer itself is evicted
-            victim = buffer.indices_of(big)[r]
-            buffer.replace(int(victim), codes[j : j + 1], labels[j : j + 1])
+            # rank r among the stored items of `big`, in ascending position order
+            buffer.replace(buffer.position_of(big, r), codes[j : j + 1], labels[j : j + 1])
 
 
 def make_policy(policy: Union[str, BufferPolicy]) -> BufferPolicy:
