@@ -297,7 +297,7 @@ def test_mask_sets_unseen_logits_very_low():
     plugin = LatentReplayPlugin(IdentityCodec(), memory=2)
     plugin.seen_classes = [0, 2]
     out = plugin.mask(torch.zeros(2, 4))
-    assert out[:, [0, 2]].eq(0).all() and (out[:, [1, 3]] < -1e30).all()
+    assert out[:, [0, 2]].eq(0).all() and (out[:, [1, 3]] <= -1e4).all() and torch.isfinite(out).all()
     assert torch.softmax(out, 1)[:, [1, 3]].sum() == 0
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from streamcl.plugins.crumb import CRUMBPlugin
 from streamcl.plugins.latent_replay import parse_memory
+from streamcl.plugins.latent_replay.cut import refuse_task_aware
 from streamcl.registry import register_strategy
 from streamcl.strategies.latent import LatentReplayStrategy
 
@@ -32,7 +33,8 @@ class CRUMB(LatentReplayStrategy):
     on video datasets (128 on CIFAR-100 / ImageNet), SGD lr 1e-3 momentum 0.9 weight decay
     1e-4, ``first_experience_epochs=10`` then ``train_epochs=1``.
 
-    :param model: a :class:`~streamcl.models.SplitNet`, or any ``nn.Module`` with ``latent_layer``.
+    :param model: a :class:`~streamcl.models.SplitNet`, or any ``nn.Module`` with ``latent_layer``;
+        single-head (a multi-head ``MultiTaskModule``, e.g. from ``as_multitask``, is refused here).
     :param optimizer: the optimiser of the model's parameters (what lies before the cut never gets a gradient).
     :param criterion: loss of new and replayed items (``None``: cross-entropy).
     :param train_mb_size: new items per training step.
@@ -119,6 +121,7 @@ class CRUMB(LatentReplayStrategy):
         channels_last: bool = False,
         **base_kwargs: Any,
     ) -> None:
+        refuse_task_aware(model, "CRUMB")  # a multi-head model: refused here, before anything is built
         plugin = CRUMBPlugin(
             latent_layer=latent_layer,
             memory=memory,

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from streamcl.errors import ConfigError, StreamclError
 
-__all__ = ["ModelCut", "SplitNetCut", "LayerCut", "resolve_cut", "AMP_DTYPES", "amp_dtype"]
+__all__ = ["ModelCut", "SplitNetCut", "LayerCut", "resolve_cut", "refuse_task_aware", "AMP_DTYPES", "amp_dtype"]
 
 FeatureHook = Callable[[Tensor], Tensor]
 
@@ -578,13 +578,43 @@ def _get_attr(model: nn.Module, name: str) -> Any:
     return obj
 
 
+def refuse_task_aware(model: Any, who: str) -> None:
+    """Refuse a multi-head (task-aware) model: an Avalanche ``MultiTaskModule`` anywhere in it.
+
+    Latent replay runs the layers after the cut on decoded feature maps alone: a multi-head
+    classifier there would need each item's task label, which neither the cut's head nor the
+    code buffer carries, and seen-class masking is per stream, not per task. Such a model used
+    to train a whole experience and then fail with a raw ``TypeError`` at the first replay step.
+
+    :raises StreamclError: naming the fix (the single-head model; the logits are masked to the
+        classes seen so far, which needs no task label).
+    """
+    if not isinstance(model, nn.Module):
+        return
+    from avalanche.models.dynamic_modules import MultiTaskModule
+
+    found = next((name or "the model" for name, m in model.named_modules() if isinstance(m, MultiTaskModule)), None)
+    if found is None:
+        return
+    raise StreamclError(
+        f"{who}: {type(model).__name__} is a multi-head, task-aware model ({found} is an Avalanche "
+        "MultiTaskModule, e.g. from as_multitask): latent replay runs the layers after the cut on replayed "
+        "feature maps that carry no task label, so multi-head models are not supported. Use the single-head "
+        "model (the SplitNet or cut model before as_multitask, e.g. small_cnn_cut(num_classes), or "
+        "latent_layer= on a single-head network): its logits are masked to the classes seen so far, which "
+        "needs no task label; task-labelled benchmarks still work and are evaluated per task by the metrics"
+    )
+
+
 def resolve_cut(model: Any, latent_layer: Optional[str], who: str) -> ModelCut:
     """The :class:`ModelCut` of ``model``: at ``latent_layer`` when given, else a SplitNet's own cut.
 
-    :raises StreamclError: ``model`` is no SplitNet and no ``latent_layer`` was given.
+    :raises StreamclError: ``model`` is no SplitNet and no ``latent_layer`` was given, or it is a
+        multi-head (task-aware) model (:func:`refuse_task_aware`).
     """
     from streamcl.models.splitnet import is_splitnet
 
+    refuse_task_aware(model, who)
     if latent_layer is not None:
         if not isinstance(model, nn.Module):
             raise StreamclError(f"{who} needs an nn.Module, got {type(model).__name__}")

@@ -36,6 +36,7 @@ stays the image batch, ``mb_output`` the logits of the new items.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Dict, Iterable, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
@@ -57,6 +58,9 @@ from streamcl.plugins.latent_replay.policies import BufferPolicy, make_policy
 __all__ = ["LatentReplayPlugin", "FeatureShape"]
 
 FeatureShape = Tuple[int, int, int]
+
+#: How far below the largest seen-class logit masked classes are put (nats): see :meth:`LatentReplayPlugin.mask`.
+MASK_MARGIN = 1e4
 
 
 def _optimizer_like(template: torch.optim.Optimizer, params: List[nn.Parameter], lr: Optional[float]) -> torch.optim.Optimizer:
@@ -112,7 +116,10 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         will keep go through the trunk again); ``"last_pass"``: the same
         selection, from the codes the last training epoch of the experience
         already computed (no second trunk pass; selected codes are held until the
-        experience ends, then admitted: CRUMB's default); ``"stream"``: offer the
+        experience ends, then admitted: CRUMB's default; every epoch selects afresh
+        and the latest complete epoch's selection is admitted, the partial one only
+        if no epoch completed, so training stopped early by ``EarlyStoppingPlugin`` or
+        ``strategy.stop_training()`` still stores); ``"stream"``: offer the
         codes of every training mini-batch during the first epoch (REMIND);
         ``"none"``: never store (e.g. a no-replay ablation).
     :param fit_codec: when the codec is not fitted: ``"first_batch"`` fit it on
@@ -204,7 +211,12 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self.mixup_alpha = mixup_alpha
         self.mixup_mode = mixup_mode
         self.store = store
-        self._staged: List[Tuple[Tensor, Tensor]] = []  # store="last_pass": selected codes of this experience
+        # store="last_pass": codes selected in the epoch running now, and in the latest complete epoch, with the
+        # policy's state before this (mini-)experience's first selection and after that complete epoch
+        self._staging: List[Tuple[Tensor, Tensor]] = []
+        self._staged: Optional[List[Tuple[Tensor, Tensor]]] = None
+        self._policy_at_start: Optional[Dict[str, Any]] = None
+        self._policy_after_staged: Optional[Dict[str, Any]] = None
         self.fit_codec_on = fit_codec
         self.fit_max_items = fit_max_items
         self.freeze_codec = bool(freeze_codec)
@@ -312,13 +324,25 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
                 self.seen_classes.append(c)
 
     def mask(self, logits: Tensor) -> Tensor:
-        """Logits with every class not seen so far set to a very negative value."""
+        """Logits with every class not seen so far set ``MASK_MARGIN`` (1e4) below the row's largest seen logit.
+
+        Finite on purpose: ``e^-1e4`` is exactly 0 in every floating dtype, so softmax,
+        log-softmax, losses, gradients and predictions over the seen classes are those of an
+        infinite mask, bit for bit, while the loss of an item whose class is not seen yet
+        (evaluating on a full test or validation stream) is about 1e4 instead of ``inf`` (the
+        old ``finfo.min / 4`` overflowed once a few such items were summed), so loss-based
+        early stopping and plateau schedulers keep working. Masked logits get no gradient.
+        """
         if not self.seen_classes:
             return logits
-        keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        idx = torch.as_tensor([c for c in self.seen_classes if c < logits.shape[1]], dtype=torch.long)
-        keep[idx.to(logits.device)] = True
-        return logits.masked_fill(~keep, torch.finfo(logits.dtype).min / 4)
+        keep = torch.zeros(logits.shape[1], dtype=torch.bool)  # built on the CPU: no device sync for the checks
+        keep[torch.as_tensor([c for c in self.seen_classes if c < logits.shape[1]], dtype=torch.long)] = True
+        if bool(keep.all()) or not bool(keep.any()):
+            return logits
+        keep = keep.to(logits.device)
+        top = logits.detach().masked_fill(~keep, float("-inf")).amax(dim=1, keepdim=True)
+        fill = torch.nan_to_num(top, nan=0.0, posinf=0.0, neginf=0.0) - MASK_MARGIN
+        return torch.where(keep, logits, fill.to(logits.dtype))
 
     def _trainable_params(self, strategy: Any) -> List[Tensor]:
         ps = [p for p in strategy.model.parameters() if p.requires_grad]
@@ -549,6 +573,21 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
             for p in self.codec.parameters():
                 p.requires_grad_(False)
 
+    def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        # each epoch selects afresh, from the policy's state before the first one (Avalanche calls this hook
+        # once more after stop_training() before leaving the loop: that partial epoch's selection is kept)
+        if self.store == "last_pass" and not getattr(strategy, "_stop_training", False):
+            self._staging = []
+            if self._policy_at_start is not None and self.buffer is not None:
+                self.buffer.policy.load_state_dict(copy.deepcopy(self._policy_at_start))
+
+    def after_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        # an epoch cut short by stop_training() (Avalanche still calls this hook) is not complete
+        if self.store == "last_pass" and not getattr(strategy, "_stop_training", False) and self.buffer is not None:
+            self._staged = self._staging
+            self._policy_after_staged = copy.deepcopy(self.buffer.policy.state_dict())
+            self._staging = []
+
     def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self._in_iteration = True  # torchrun: codes stored from here on are gathered from every rank
         self._observe_classes(torch.unique(distributed.gather_in_stream_order(strategy.mb_y)).tolist())
@@ -614,6 +653,12 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         :mod:`streamcl.plugins.latent_replay.penalties`), so they constrain every step the
         weights take; plugins whose loss reads the image batch (LwF) act on the new-data step
         only, since replayed items have no image.
+
+        Afterwards the model's ``.grad`` holds the sum of both steps' gradients (the gradient of
+        the iteration's whole loss, what one joint step would have followed), never ``None`` or
+        zeros: plugins that read gradients after the update (Synaptic Intelligence's path
+        integral ``grad x (theta_after - theta_before)``, RWalk's importance) see the two steps
+        the parameters took, as Avalanche's iteration leaves them its one step's gradient.
         """
         if self.codec is None:
             return None
@@ -621,6 +666,12 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         if sample is None:
             self.last_replay_size = 0
             return None
+        # The new-data step's gradients are set aside (not zeroed in place) and added back after the
+        # replay step: see the docstring.
+        params = [p for p in strategy.model.parameters() if p.requires_grad]
+        new_grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
         strategy.optimizer.zero_grad()
         self._codec_zero_grad()
         feats, ya, yb, lam = distributed.shard(*self.replay_features(sample[0], sample[1], strategy.device))
@@ -634,7 +685,14 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self.clamp_gradients(strategy)
         strategy.optimizer.step()
         self._codec_step(strategy)
-        strategy.optimizer.zero_grad()
+        with torch.no_grad():
+            for p, g in zip(params, new_grads):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
         self._codec_zero_grad()
         self.last_replay_loss = float(loss.detach())
         self.last_replay_size = len(ya)
@@ -645,8 +703,7 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self.model_cut(strategy.model).set_hook(None)
         if self.store == "stream" and self._codes is not None and strategy.clock.train_exp_epochs == 0:
             self.store_codes(self._codes, strategy.mb_y)
-        if (self.store == "last_pass" and self._codes is not None
-                and strategy.clock.train_exp_epochs == strategy.train_epochs - 1):
+        if self.store == "last_pass" and self._codes is not None:
             self._stage_codes(self._codes, strategy.mb_y)
         self._feats = None
         self._codes = None
@@ -657,12 +714,30 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         if self.store == "experience":
             self.store_experience(strategy)
-        elif self.store == "last_pass" and self._staged:
-            codes = torch.cat([c for c, _ in self._staged])
-            labels = torch.cat([y for _, y in self._staged])
-            self._staged = []
-            policy = self.buffer.policy  # type: ignore[union-attr]
-            (policy.admit if hasattr(policy, "admit") else policy.add)(self.buffer, codes, labels)
+        elif self.store == "last_pass":
+            self.admit_staged()
+
+    def admit_staged(self) -> None:
+        """``store="last_pass"``: admit the latest complete epoch's selection (else the partial epoch's).
+
+        Decided from the epochs this plugin saw end, not from ``train_epochs``: an experience
+        whose training stopped early still fills the buffer.
+        """
+        staged, partial = self._staged, self._staging
+        if staged:  # the policy continues from the state that selection left (online streams count on it)
+            if partial and self._policy_after_staged is not None and self.buffer is not None:
+                self.buffer.policy.load_state_dict(copy.deepcopy(self._policy_after_staged))
+            chosen = staged
+        else:
+            chosen = partial
+        self._staging, self._staged = [], None
+        self._policy_at_start = self._policy_after_staged = None
+        if not chosen or self.buffer is None:
+            return
+        codes = torch.cat([c for c, _ in chosen])
+        labels = torch.cat([y for _, y in chosen])
+        policy = self.buffer.policy
+        (policy.admit if hasattr(policy, "admit") else policy.add)(self.buffer, codes, labels)
 
     def _stage_codes(self, codes: Tensor, labels: Tensor) -> None:
         """``store="last_pass"``: keep the codes the policy would select, to admit after the experience."""
@@ -671,9 +746,11 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         # torchrun: every rank stages all ranks' items, in stream order
         codes, labels = (distributed.gather_in_stream_order(t.detach()) for t in (codes, labels))
         policy = self.buffer.policy
+        if self._policy_at_start is None:  # this (mini-)experience's first selection: later epochs restart here
+            self._policy_at_start = copy.deepcopy(policy.state_dict())
         keep = policy.select(labels) if hasattr(policy, "select") else torch.ones_like(labels, dtype=torch.bool)
         if bool(keep.any()):
-            self._staged.append((codes[keep].detach().to(self.buffer.codes.device),
+            self._staging.append((codes[keep].detach().to(self.buffer.codes.device),
                                  labels[keep].detach().long().to(self.buffer.codes.device)))
 
     # ------------------------------------------------------------------ evaluation hooks
