@@ -33,14 +33,17 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_wa_heads import class_order, digits_split  # noqa: E402  (the same digits split and class orders)
 
 SIZE = 28
 N_BASE = 4
@@ -61,27 +64,13 @@ DEFAULT_METHODS = ("naive", "replay", "crumb", "crumb_paper", "crumb_paper_kmean
 
 
 def digits(seed: int = 0):
-    """(x_train, y_train, x_test, y_test): 1 x 28 x 28 float tensors in [0, 1], 2/3 train per class."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).clamp_(0, 1)
-    y = torch.tensor(d.target, dtype=torch.int64)
-    rng = np.random.default_rng(seed)
-    tr: List[int] = []
-    te: List[int] = []
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(d.target == c))
-        cut = (2 * len(idx)) // 3
-        tr += idx[:cut].tolist()
-        te += idx[cut:].tolist()
-    return x[tr], y[tr], x[te], y[te]
+    """(x_train, y_train, x_test, y_test): bench_wa_heads' split of the digits, upsampled to 1 x 28 x 28."""
+    x_tr, y_tr, x_te, y_te = digits_split(seed)
+    return _upsample(x_tr), y_tr, _upsample(x_te), y_te
 
 
-def class_order(order: int) -> List[int]:
-    """Order 0 is 0..9 (base 0-3, stream 4-9); order k > 0 a seeded permutation."""
-    return list(range(10)) if order == 0 else np.random.default_rng(order).permutation(10).tolist()
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).clamp_(0, 1)
 
 
 def _tensor_ds(x, y):
