@@ -13,9 +13,11 @@ trunk and the device, not on the buffer):
   1000 drawn items (codec).
 
 Each runs at 10 k, 100 k and the paper's size; times are medians of repeated calls, 1 thread.
-``--checkpoint`` saves the full REMIND buffer through ``streamcl.checkpoint.files.save``
-(atomic: temp file + ``os.replace``) and loads it back in a fresh process, reporting time and
-peak RSS against the buffer's size. Run::
+``--checkpoint`` saves the full REMIND buffer the way the runner does (encoded as
+``capture_strategy`` does, with live references, then ``streamcl.checkpoint.files.save``: temp
+file, fsync, ``os.replace``) and loads it back in a fresh process (``files.load`` +
+``CodeBuffer.from_state_dict``), reporting time, the RSS just before the step and the step's
+own peak RSS (peak reset after the buffer is filled) against the buffer's size. Run::
 
     OMP_NUM_THREADS=1 python perf/sim_paper_scale.py              # the per-image table
     OMP_NUM_THREADS=1 python perf/sim_paper_scale.py --checkpoint /tmp/ckpt   # GB checkpoint figures
@@ -130,44 +132,79 @@ def print_table(name: str, rows: Dict[int, Dict[str, float]]) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def _rss() -> int:
+    """Current resident set (bytes)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0), so that the next peak is the step's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _payload(buf: CodeBuffer) -> Dict[str, object]:
+    """What the runner writes, with the buffer as its only plugin (as a LatentReplayPlugin's entry holds it)."""
+    from streamcl import checkpoint
+    from streamcl.checkpoint.encode import live_tensors
+
+    with live_tensors():  # what capture_strategy does: the buffer's live memory goes to torch.save, no copy
+        state = {"cls": "sim", "model": {}, "optimizer": {}, "clock": {}, "metrics": [],
+                 "plugins": [{"cls": "sim:buffer", "state": checkpoint.encode(buf)}],
+                 "metric_results": checkpoint.encode({}), "last_metric_results": checkpoint.encode({})}
+    return {"strategy": state, "rng": checkpoint.rng_state()}
 
 
 def _checkpoint_child(mode: str, path: str) -> None:
-    """One measurement per process, so that the peak RSS is this step's."""
+    """One measurement per process: RSS just before the step, and the step's own peak."""
     from streamcl.checkpoint import files
 
     torch.set_num_threads(1)
     if mode == "save":
         buf = filled(REMIND_ITEMS, (7, 7, 32), "largest_class")
-        base = _peak_rss()
+        _reset_peak()
+        base = _rss()
         t0 = time.perf_counter()
-        files.save(Path(path), {"buffer": buf.state_dict()})
+        files.save(Path(path), _payload(buf))  # the runner's path: capture (live references), atomic + fsync'd save
         dt = time.perf_counter() - t0
         print(f"save {buf.nbytes()} {dt:.3f} {base} {_peak_rss()} {os.path.getsize(path)}")
     else:
-        base = _peak_rss()
+        _reset_peak()
+        base = _rss()
         t0 = time.perf_counter()
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        buf = CodeBuffer.from_state_dict(payload["buffer"])
-        del payload
+        payload = files.load(Path(path))  # the runner's path: checked torch.load(weights_only=True) ...
+        buf = CodeBuffer.from_state_dict(payload["strategy"]["plugins"][0]["state"]["state"])  # ... restore
         dt = time.perf_counter() - t0
+        assert len(buf) == REMIND_ITEMS
         print(f"load {buf.nbytes()} {dt:.3f} {base} {_peak_rss()} {len(buf)}")
 
 
 def checkpoint_figures(directory: str) -> None:
     path = str(Path(directory) / "buffer_checkpoint.pt")
     Path(directory).mkdir(parents=True, exist_ok=True)
-    print("\n| step | buffer (GB) | time (s) | peak RSS before (GB) | peak RSS (GB) | peak / buffer |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| step | buffer (GB) | time (s) | RSS before (GB) | peak RSS (GB) | peak / buffer "
+          "| (peak - RSS before) / buffer |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for mode in ("save", "load"):
         res = subprocess.run([sys.executable, __file__, "--_child", mode, path], capture_output=True, text=True,
                              check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         _, nbytes, dt, base, peak, extra = res.stdout.split()[-6:]
-        gb = 1e-9
-        print(f"| {mode} | {int(nbytes) * gb:.2f} | {float(dt):.2f} | {int(base) * gb:.2f} | {int(peak) * gb:.2f} "
-              f"| {int(peak) / int(nbytes):.2f} |")
+        gb, n = 1e-9, int(nbytes)
+        print(f"| {mode} | {n * gb:.2f} | {float(dt):.2f} | {int(base) * gb:.2f} | {int(peak) * gb:.2f} "
+              f"| {int(peak) / n:.2f} | {(int(peak) - int(base)) / n:.2f} |")
     os.unlink(path)
 
 

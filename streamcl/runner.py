@@ -272,6 +272,9 @@ class Run:
         self._attach_loggers(scenario, strategy, int(payload["step"]) if payload else 0)
         if payload is not None:
             checkpoint.set_rng_state(payload["rng"], where=self.ckpt_path)  # last: nothing may draw after it
+        # Restored: drop the loaded checkpoint, whose tensors (model weights, a replay buffer not full) would
+        # otherwise stay in memory beside their restored copies for the whole run.
+        payload = None
 
         st = self.cfg["strategy"]
         n_exp = len(scenario.train_stream)

@@ -17,13 +17,23 @@ nested containers of tensors and primitives:
 * anything else (threads, loggers, functions, started iterators) is not saved: a
   fresh object built from the same config already holds it, or a hook rebuilds it
   (AGEM's memory loader; CoPE's model surgery is redone before the model loads).
+
+Copies: by default every tensor is copied (the result is a snapshot). Inside :func:`live_tensors`
+(what :func:`~streamcl.checkpoint.capture_strategy` uses, since the runner writes its result to
+disk at once) a CPU tensor that is the whole of its storage is referenced, not copied, and
+``state_dict()`` methods that honour :func:`references_live_tensors` (``CodeBuffer``) reference
+their live tensors too: a GB replay buffer goes to ``torch.save`` without a second copy in memory.
+Such a state must be written before the objects it came from change (training again); keep a
+snapshot with ``copy.deepcopy``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import inspect
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -31,6 +41,43 @@ from torch import nn
 
 from streamcl.checkpoint.allowlist import _DTYPES, _factory_name
 from streamcl.checkpoint.base import _ENCODED_PACKAGES, _SKIP, _qualname
+
+_LIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("streamcl_checkpoint_live_tensors", default=False)
+
+
+@contextlib.contextmanager
+def live_tensors() -> Iterator[None]:
+    """Within this block, encoding references live CPU tensors instead of copying them (see the module doc).
+
+    For a state written to disk before anything changes it (``capture_strategy`` then ``files.save``,
+    one after the other, as the runner does): no second in-memory copy of model or buffer.
+    """
+    token = _LIVE.set(True)
+    try:
+        yield
+    finally:
+        _LIVE.reset(token)
+
+
+def references_live_tensors() -> bool:
+    """True inside :func:`live_tensors`: a ``state_dict()`` may return views of its live tensors."""
+    return _LIVE.get()
+
+
+def whole_storage(t: torch.Tensor) -> bool:
+    """``t`` covers all of its storage, contiguously (``torch.save`` of it writes exactly its own bytes)."""
+    return (t.is_contiguous() and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size())
+
+
+def _tensor(value: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor to save: a copy, or (inside :func:`live_tensors`) the live one when that is safe to write."""
+    t = value.detach()
+    if t.device.type != "cpu":
+        return t.cpu()  # already a fresh copy
+    if _LIVE.get() and whole_storage(t):
+        return t  # written as is: a view of a larger storage would write (and load) all of it, so those are copied
+    return t.clone()
 
 
 def _is_dataset(obj: Any) -> bool:
@@ -58,7 +105,7 @@ def encode(value: Any, _seen: Optional[set] = None) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
+        return _tensor(value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":
             return _SKIP
@@ -77,7 +124,7 @@ def encode(value: Any, _seen: Optional[set] = None) -> Any:
     if isinstance(value, nn.Module):
         # Plain attributes some methods keep on the model (CWR*'s past_j, cur_j, saved_weights) come along.
         extra = {k: v for k, v in vars(value).items() if not k.startswith("_") and k != "training"}
-        return {"__type__": "module", "state": {k: v.detach().cpu().clone() for k, v in value.state_dict().items()},
+        return {"__type__": "module", "state": {k: _tensor(v) for k, v in value.state_dict().items()},
                 "training": bool(value.training),
                 "frozen": [n for n, p in value.named_parameters() if not p.requires_grad],
                 "attrs": _encode_attrs(extra, seen)}

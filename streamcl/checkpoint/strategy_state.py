@@ -16,7 +16,7 @@ from streamcl.checkpoint.decode import (
     _load_own_state,
     _restore,
 )
-from streamcl.checkpoint.encode import _encode_attrs, encode
+from streamcl.checkpoint.encode import _encode_attrs, encode, live_tensors
 from streamcl.errors import CheckpointError
 
 # Attributes every SupervisedTemplate has (Avalanche 0.6). They are either saved on their own
@@ -110,7 +110,19 @@ _BEFORE_MODEL_RESTORE: Dict[str, Callable[[Any, Any, Any], None]] = {
 
 
 def capture_strategy(strategy: Any) -> Dict[str, Any]:
-    """Everything that makes the rest of a run continue as if uninterrupted."""
+    """Everything that makes the rest of a run continue as if uninterrupted.
+
+    The result references the strategy's live CPU tensors (model weights, replay buffers; the
+    optimiser's ``state_dict()`` always did) instead of copying them, so a GB buffer is never
+    held twice: write it (:func:`~streamcl.checkpoint.save`) before the strategy trains again,
+    as the runner does (capture and save run one after the other in the main thread, nothing
+    in between touches the strategy). ``copy.deepcopy`` it to keep a snapshot.
+    """
+    with live_tensors():
+        return _capture(strategy)
+
+
+def _capture(strategy: Any) -> Dict[str, Any]:
     plugins = []
     for p in _stateful_plugins(strategy):
         enc = encode(p) if hasattr(p, "state_dict") else encode_object(p)

@@ -593,14 +593,35 @@ class CodeBuffer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
-        """Tensors and python primitives only (loads with ``torch.load(weights_only=True)``)."""
+        """Tensors and python primitives only (loads with ``torch.load(weights_only=True)``).
+
+        A snapshot (the held codes and labels are copied), except inside
+        :func:`streamcl.checkpoint.encode.live_tensors` (``capture_strategy``, whose result the
+        runner writes to disk at once): there ``codes`` and ``labels`` are the live memory, no
+        copy (the buffer itself when full, else a tensor over exactly the held prefix of the
+        same memory, so ``torch.save`` writes the held items only). The saved format is the
+        same either way.
+        """
+        from streamcl.checkpoint.encode import references_live_tensors
+
+        n = self._size
+        if not references_live_tensors():
+            codes, labels = self.codes[:n].cpu(), self.labels[:n].cpu()
+            codes = codes.clone() if self._on_cpu else codes  # .cpu() of a device tensor is already a copy
+            labels = labels.clone() if self._on_cpu else labels
+        elif self._on_cpu:
+            full = n == self.capacity
+            codes = self.codes if full else torch.from_numpy(self.codes.numpy()[:n])
+            labels = self.labels if full else torch.from_numpy(self.labels.numpy()[:n])
+        else:  # device buffer: one copy to the host, unavoidable; the labels come from their CPU mirror
+            codes, labels = self.codes[:n].cpu(), torch.from_numpy(self._lab[:n])
         return {
             "capacity": self.capacity,
             "code_shape": list(self.code_shape),
             "code_dtype": str(self.code_dtype).replace("torch.", ""),
-            "size": self._size,
-            "codes": self.codes[: self._size].cpu().clone(),
-            "labels": self.labels[: self._size].cpu().clone(),
+            "size": n,
+            "codes": codes,
+            "labels": labels,
             "policy_name": getattr(self.policy, "name", type(self.policy).__name__),
             "policy": self.policy.state_dict(),
             "seed": self.seed,
@@ -619,15 +640,32 @@ class CodeBuffer:
         if not 0 <= size <= cap or len(codes) != size or len(labels) != size:
             raise CheckpointError(f"replay buffer state holds {len(labels)} labels and {len(codes)} codes "
                                   f"for size {size} (capacity {cap})")
-        if cap != self.capacity or shape != self.code_shape or dtype != self.code_dtype:
+        from streamcl.checkpoint.files import claim_loaded
+
+        # A full buffer read from disk by streamcl.checkpoint.files.load, in exactly the layout of
+        # _allocate's tensors, becomes this buffer's storage: no copy, no second buffer in memory.
+        # Only tensors that load read and no one adopted before qualify (claim_loaded): a state
+        # taken from a live buffer, or loaded twice, is copied, so two buffers never share memory.
+        # (The fields set here are _allocate's: keep them in step.)
+        if (self.device.type == "cpu" and isinstance(codes, Tensor) and isinstance(labels, Tensor)
+                and codes.dtype == dtype and tuple(codes.shape) == (cap, *shape)
+                and labels.dtype == LABEL_DTYPE and tuple(labels.shape) == (cap,) and claim_loaded(codes, labels)):
             self.capacity, self.code_shape, self.code_dtype = cap, shape, dtype
-            self._allocate()
+            self.codes, self.labels = codes, labels
+            self._on_cpu = True
+            self._lab = labels.numpy()
+            self._codes_np = codes.numpy()
+            self._index = _ClassIndex(cap)
         else:
-            self._clear_slots(0, self._size)
-        self.codes[:size] = codes.to(self.device, dtype)
-        self.labels[:size] = labels.to(self.device, LABEL_DTYPE)
-        if not self._on_cpu:
-            self._lab[:size] = labels.cpu().numpy()
+            if cap != self.capacity or shape != self.code_shape or dtype != self.code_dtype:
+                self.capacity, self.code_shape, self.code_dtype = cap, shape, dtype
+                self._allocate()
+            else:
+                self._clear_slots(0, self._size)
+            self.codes[:size] = codes.to(self.device, dtype)
+            self.labels[:size] = labels.to(self.device, LABEL_DTYPE)
+            if not self._on_cpu:
+                self._lab[:size] = labels.cpu().numpy()
         if size and (int(self._lab[:size].min()) < 0):
             raise CheckpointError("replay buffer state holds negative labels")
         self._size = size
@@ -640,8 +678,10 @@ class CodeBuffer:
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], policy: Union[str, BufferPolicy, None] = None,
                         *, device: Union[str, torch.device] = "cpu") -> CodeBuffer:
+        """A buffer holding ``state``. Built empty (capacity 0) first, so that loading allocates the
+        buffer once, or adopts the loaded tensors (see :meth:`load_state_dict`)."""
         buf = cls(
-            int(state["capacity"]),
+            0,
             tuple(state["code_shape"]),
             policy if policy is not None else str(state.get("policy_name", "class_balanced")),
             code_dtype=_code_dtype(state["code_dtype"]),
