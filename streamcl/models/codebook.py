@@ -39,6 +39,8 @@ DISTMATCH_PRESETS = {
     "squeezenet_cut3": (0.73, 0.25),
 }
 _DEFAULT_PRESET = "squeezenet_cut12"
+#: Chunks scored at a time by :meth:`MemoryBlockCodec.encode` on the CPU (a 4 MB score block at 256 rows).
+CPU_ENCODE_ROWS = 4096
 
 
 def distmatch_preset(cut: Optional[str]) -> Tuple[float, float]:
@@ -238,14 +240,26 @@ class MemoryBlockCodec(Codec):
         return F.normalize(self.memory, dim=1)
 
     @torch.no_grad()
-    def encode(self, features: Tensor, *, max_rows: int = 1 << 16) -> Tensor:
-        """``(N,C,H,W)`` -> ``(N,H,W,C/L)`` top-1 row indices (``uint8``; ``int16`` above 256 rows)."""
+    def encode(self, features: Tensor, *, max_rows: Optional[int] = None) -> Tensor:
+        """``(N,C,H,W)`` -> ``(N,H,W,C/L)`` top-1 row indices (``uint8``; ``int16`` above 256 rows).
+
+        The ``(rows x n_blocks)`` score matrix is computed ``max_rows`` chunks at a time into one
+        reused block (default: ``CPU_ENCODE_ROWS`` on the CPU, where a block that stays in cache
+        makes the argmax several times cheaper than a fresh 100 MB matrix; ``1 << 16`` on a GPU).
+        Each chunk's scores are the same dot products, so the codes do not depend on it.
+        """
         chunks = self._chunks(features.detach())
         flat = chunks.reshape(-1, self.block_dim).to(self.memory.dtype)
-        mem = self.normalized_memory().detach()
-        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
-        for s in range(0, flat.shape[0], max_rows):  # bound the (rows x n_blocks) score matrix
-            out[s : s + max_rows] = (flat[s : s + max_rows] @ mem.t()).argmax(dim=1)
+        mem_t = self.normalized_memory().detach().t().contiguous()
+        n = flat.shape[0]
+        if max_rows is None:
+            max_rows = CPU_ENCODE_ROWS if flat.device.type == "cpu" else 1 << 16
+        out = torch.empty(n, dtype=torch.long, device=flat.device)
+        scores = torch.empty(min(n, max_rows), mem_t.shape[1], dtype=mem_t.dtype, device=flat.device)
+        for s in range(0, n, max_rows):  # bound the (rows x n_blocks) score matrix
+            x = flat[s : s + max_rows]
+            block = torch.mm(x, mem_t, out=scores[: len(x)])
+            torch.argmax(block, dim=1, out=out[s : s + len(x)])
         return out.to(self.code_dtype).reshape(chunks.shape[:-1])
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -253,8 +267,16 @@ class MemoryBlockCodec(Codec):
         if codes.dim() != 4:
             raise StreamclError(f"CRUMB codebook expects codes (N, H, W, C/L), got shape {tuple(codes.shape)}")
         n, h, w, k = codes.shape
-        rows = self.memory[codes.long().reshape(-1)]  # (N*H*W*k, L)
-        return rows.reshape(n, h, w, k * self.block_dim).permute(0, 3, 1, 2).contiguous()
+        if torch.is_grad_enabled() and self.memory.requires_grad:  # the codebook learns through this gather
+            rows = self.memory[codes.long().reshape(-1)]  # (N*H*W*k, L)
+            return rows.reshape(n, h, w, k * self.block_dim).permute(0, 3, 1, 2).contiguous()
+        # Without a gradient: the same values gathered straight into the (N, C, H, W) layout,
+        # out[i, j * L + d, p] = memory[codes[i, p, j], d] (no channels-last intermediate to transpose).
+        mem = self.memory.detach()
+        idx = codes.reshape(n, 1, h * w, k).permute(0, 3, 1, 2).long()  # (N, k, 1, P)
+        table = mem.t().unsqueeze(0).unsqueeze(0).expand(n, k, self.block_dim, self.n_blocks)
+        out = torch.gather(table, 3, idx.expand(n, k, self.block_dim, h * w))  # (N, k, L, P)
+        return out.reshape(n, k * self.block_dim, h, w)
 
     def extra_repr(self) -> str:
         return (

@@ -325,10 +325,13 @@ class PQCodec(Codec):
             )
         n, h, w, m = codes.shape
         cents = self.centroids.to(codes.device)
-        idx = codes.reshape(-1, m).long()  # (P, M)
-        # cents[j, idx[p, j]] for every (p, j): (P, M, dsub)
-        rows = cents[torch.arange(m, device=codes.device)[None, :], idx]
-        return rows.reshape(n, h, w, m * cents.shape[2]).permute(0, 3, 1, 2).contiguous()
+        _, ksub, dsub = cents.shape
+        # out[i, j * dsub + d, p] = cents[j, codes[i, p, j], d]: one gather straight into the (N, C, H, W)
+        # layout (no channels-last intermediate to transpose), from the table seen as (M, dsub, ksub)
+        idx = codes.reshape(n, 1, h * w, m).permute(0, 3, 1, 2).long()  # (N, M, 1, P)
+        table = cents.transpose(1, 2).unsqueeze(0).expand(n, m, dsub, ksub)
+        out = torch.gather(table, 3, idx.expand(n, m, dsub, h * w))  # (N, M, dsub, P)
+        return out.reshape(n, m * dsub, h, w)
 
     def reconstruct(self, features: Tensor) -> Tensor:
         """``decode(encode(features))``: what the head sees for a feature map."""

@@ -353,10 +353,10 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
     def clamp_gradients(self, strategy: Any) -> None:
         if self.grad_clamp is None:
             return
-        distributed.sync_gradients(self._trainable_params(strategy))  # torchrun: clamp the averaged gradient
-        for p in self._trainable_params(strategy):
-            if p.grad is not None:
-                p.grad.data.clamp_(-self.grad_clamp, self.grad_clamp)
+        params = self._trainable_params(strategy)
+        distributed.sync_gradients(params)  # torchrun: clamp the averaged gradient
+        # the same element-wise clamp, as two foreach kernels over all gradients (not two per parameter)
+        torch.nn.utils.clip_grad_value_(params, self.grad_clamp)
 
     def _codec_trains(self) -> bool:
         return self.codec is not None and not self.freeze_codec and self.codec.learnable
