@@ -626,8 +626,10 @@ class CRUMBPlugin(LatentReplayPlugin):
     def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         codec = self.codec
         if (self._feats is not None and self.storage == "codes" and codec is not None and codec.is_fitted):
-            with torch.no_grad():
-                rec = codec.decode(self._codes) if self._codes is not None else codec.reconstruct(self._feats)
+            rec = self._recon  # what the new-data step already decoded (no second decode per iteration)
+            if rec is None:
+                with torch.no_grad():
+                    rec = codec.decode(self._codes) if self._codes is not None else codec.reconstruct(self._feats)
             self.diagnostics.update(self._feats, rec, strategy.mb_y)
         super().after_training_iteration(strategy, *args, **kwargs)
 

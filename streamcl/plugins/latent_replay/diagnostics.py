@@ -68,12 +68,15 @@ class CodecDiagnostics:
         f = feats.detach().float()
         err = (f - rec.detach().float()).pow(2).flatten(1).sum(1)
         nrm = f.pow(2).flatten(1).sum(1)
-        self._new[0] += float(err.sum())
-        self._new[1] += float(nrm.sum())
-        for c in torch.unique(labels).tolist():
-            m = labels.to(err.device) == c
+        # per-class sums on the device, then one transfer (no sync per class: this runs every iteration)
+        classes, inverse = torch.unique(labels.to(err.device), return_inverse=True)
+        sums = torch.zeros(2, len(classes), dtype=err.dtype, device=err.device)
+        sums.index_add_(1, inverse, torch.stack([err, nrm]))
+        for c, e_c, n_c in zip(classes.tolist(), *sums.tolist()):
             e, n = self.per_class.get(int(c), (0.0, 0.0))
-            self.per_class[int(c)] = (e + float(err[m].sum()), n + float(nrm[m].sum()))
+            self.per_class[int(c)] = (e + e_c, n + n_c)
+            self._new[0] += e_c
+            self._new[1] += n_c
 
     def error_of(self, classes: Iterable[int]) -> Optional[float]:
         """Relative error over the given classes' encoded items (None when none was seen)."""

@@ -240,6 +240,7 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._feats: Optional[Tensor] = None
         self._codes: Optional[Tensor] = None
         self._joint: Optional[Tuple[Tensor, Tensor, Tensor, float]] = None
+        self._recon: Optional[Tensor] = None  # decode(encode(features)) of this iteration's new items, when trained on
         self._replay_logits: Optional[Tensor] = None
         self._eval_feats: Optional[Tensor] = None
         self._pending_codec_state: Optional[Dict[str, Any]] = None
@@ -536,8 +537,10 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._codes = self.encode(fd) if need_codes and codec.is_fitted else None  # type: ignore[union-attr]
         if self.train_path == "direct" or self._codes is None:
             new = f
+            self._recon = None
         else:
             new = codec.decode(self._codes)  # type: ignore[union-attr]
+            self._recon = new.detach()  # the new items' reconstruction, for per-iteration diagnostics
         if self._joint is not None:
             new = torch.cat([new, self._joint[0].to(new.dtype)], dim=0)
         return new
@@ -707,6 +710,7 @@ class LatentReplayPlugin(SupervisedPlugin, supports_distributed=True):
             self._stage_codes(self._codes, strategy.mb_y)
         self._feats = None
         self._codes = None
+        self._recon = None
         self._joint = None
         self._replay_logits = None
         self._in_iteration = False
