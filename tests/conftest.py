@@ -46,6 +46,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
 
 
+@pytest.fixture(scope="session")
+def perf_script():
+    """Import a script of ``perf/`` as a module (the real-image tests run the benchmarks' own code)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    perf = str(Path(__file__).resolve().parents[1] / "perf")
+    sys.path.insert(0, perf)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(perf)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _avalanche_home(tmp_path_factory):
     """Avalanche writes ~/.avalanche/config.json on import: keep it out of the user's home."""

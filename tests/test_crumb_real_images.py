@@ -11,24 +11,16 @@ is that script's.
 
 from __future__ import annotations
 
-import importlib
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-PERF = Path(__file__).resolve().parents[1] / "perf"
 ORDERS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(PERF))
-    try:
-        yield importlib.import_module("bench_crumb_real")
-    finally:
-        sys.path.remove(str(PERF))
+def bench(perf_script):
+    return perf_script("bench_crumb_real")
 
 
 @pytest.fixture(scope="module")

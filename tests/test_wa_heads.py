@@ -8,7 +8,6 @@ fewer epochs; the full grid and its figures are that script's.
 
 from __future__ import annotations
 
-import importlib
 import statistics
 import sys
 from pathlib import Path
@@ -20,12 +19,8 @@ ORDERS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(PERF))
-    try:
-        yield importlib.import_module("bench_wa_heads")
-    finally:
-        sys.path.remove(str(PERF))
+def bench(perf_script):
+    return perf_script("bench_wa_heads")
 
 
 # (head, optimiser, whether the base learner learns every experience there at 20 epochs: with Adam at lr

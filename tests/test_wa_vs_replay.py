@@ -10,7 +10,6 @@ well above chance after the last experience, and have learned each experience's 
 
 from __future__ import annotations
 
-import importlib
 import statistics
 import sys
 from pathlib import Path
@@ -22,12 +21,8 @@ ORDERS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(PERF))
-    try:
-        yield importlib.import_module("bench_wa_vs_replay")
-    finally:
-        sys.path.remove(str(PERF))
+def bench(perf_script):
+    return perf_script("bench_wa_vs_replay")
 
 
 # (head, optimiser): the biased nn.Linear head with SGD runs in the default suite (about 1 min on
